@@ -1,0 +1,36 @@
+"""Kernel rules: what runs where. Triton kernels need CUDA; on a CPU plan the torch path runs."""
+from __future__ import annotations
+
+from ..schema import KERNELS
+
+RULES = {
+    "kernel-device": "Triton kernels need CUDA: on a CPU plan the torch fallback runs instead",
+    "kernel-model": "a kernel is available for the model's family",
+}
+
+
+def check(ctx) -> None:
+    p = ctx.plan
+    if "kernels" not in p.blocks:
+        return
+    for op in KERNELS.keys:
+        choice = p[f"kernels.{op}"]
+        if choice == "off":
+            continue
+        span = p.span(f"kernels.{op}")
+        if choice == "triton" and p["mesh.device"] == "cpu":
+            ctx.warn("kernel-device", f"{op} = triton needs CUDA; this plan runs on the CPU, so the torch "
+                     f"fallback of {op} runs instead", span, f"write `{op} = auto` to say so, or run on cuda")
+        if ctx.tree is not None:
+            ok = _available(op, ctx.tree.model_type)
+            if ok is False:
+                ctx.error("kernel-model", f"no {op} kernel for {ctx.tree.model_type} models", span,
+                          f"set `{op} = off`")
+
+
+def _available(op: str, model_type: str):
+    try:
+        from runtime.kernels import available
+    except ImportError:
+        return None
+    return available(op, model_type)

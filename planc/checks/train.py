@@ -1,0 +1,39 @@
+"""Training rules: batch arithmetic, warm-up, and dtypes that make sense on the plan's device."""
+from __future__ import annotations
+
+RULES = {
+    "batch-divisible": "global_batch % (micro_batch * dp) == 0, so every rank runs whole micro-batches",
+    "warmup": "warm-up is shorter than the run",
+    "cpu-dtype": "a CPU plan trains in fp32 (bf16 is ~18x slower on this kind of CPU)",
+    "mixed-precision": "mixed_precision needs FSDP units to apply it",
+}
+
+
+def check(ctx) -> None:
+    p = ctx.plan
+    if p["train.global_batch"] is None or p["train.micro_batch"] is None:
+        return
+    gb, mb = p["train.global_batch"], p["train.micro_batch"]
+    if ctx.degrees is not None:
+        dp = ctx.dp
+        if gb % (mb * dp):
+            near = sorted({max(mb * dp, gb // (mb * dp) * mb * dp), -(-gb // (mb * dp)) * mb * dp})
+            ctx.error("batch-divisible", f"global_batch ({gb}) is not a multiple of micro_batch ({mb}) * dp ({dp}) = {mb * dp}",
+                      p.span("train.global_batch"),
+                      "use global_batch = " + " or ".join(map(str, near)) +
+                      (f", or micro_batch = {gb // dp}" if gb % dp == 0 and gb // dp else ""))
+        else:
+            ctx.notes.append(f"dp {dp} x micro_batch {mb} x grad_accum {gb // (mb * dp)} = global_batch {gb}")
+    steps, warmup = p["train.steps"], p.settings.get("train.warmup")
+    if steps and warmup is not None and warmup.value and warmup.value >= steps:
+        ctx.warn("warmup", f"warm-up ({warmup.value} steps) is not shorter than the run ({steps} steps)",
+                 p.span("train.warmup"), f"use warmup < {steps}")
+    if p["mesh.device"] == "cpu":
+        for key in ("model.dtype", "train.param_dtype"):
+            if p[key] in ("bf16", "fp16"):
+                ctx.warn("cpu-dtype", f"{key.split('.')[1]} = {p[key]} on a CPU plan: CPUs without bf16 "
+                         "instructions run it ~18x slower than fp32", p.span(key), "use fp32 on CPU")
+    mixed = p["train.param_dtype"] != "fp32" or p["train.reduce_dtype"] != "fp32"
+    if mixed and not any(r.kind == "fsdp" for r in p.rules):
+        ctx.warn("mixed-precision", "mixed_precision is applied by FSDP2, and the plan has no fsdp rule",
+                 p.span("train.param_dtype"), 'add `fsdp "model.layers.*"` to parallelize')

@@ -1,0 +1,232 @@
+"""`planc fmt`: rewrite a plan in canonical layout, keeping every comment; idempotent.
+
+Canonical: two-space indents, one entry per line, `=` aligned across a run of assignments, the first
+argument aligned across a run of statements, at most one blank line, strings re-quoted, lists on
+one line. A body written on one line stays on one line (when it fits and holds no comment).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from .diagnostics import PlanError, render
+from .parse import parse, parse_file
+from .syntax import Assign, Body, Comment, Document, Stmt, Value
+
+WIDTH = 100
+INDENT = "  "
+
+
+def value_text(v: Value) -> str:
+    if v.kind == "string":
+        return json.dumps(v.value, ensure_ascii=False)
+    if v.kind == "list":
+        return "[" + ", ".join(value_text(x) for x in v.value) + "]"
+    if v.kind == "bool":
+        return "true" if v.value else "false"
+    text = v.text if v.kind != "word" else v.value
+    if v.body is not None:
+        return f"{text} {inline_body(v.body)}"
+    return text
+
+
+def inline_body(body: Body) -> str:
+    return "{ " + "  ".join(entry_head(e) for e in body.entries) + " }" if body.entries else "{ }"
+
+
+def entry_head(e, key_width: int = 0, name_width: int = 0) -> str:
+    """An entry on one line (bodies inline)."""
+    if isinstance(e, Assign):
+        return f"{e.key.ljust(key_width)} = {value_text(e.value)}"
+    parts = [value_text(a) for a in e.args] + [f"{o.key} = {value_text(o.value)}" for o in e.options]
+    head = e.name.ljust(name_width) if parts else e.name
+    text = " ".join([head] + parts) if parts else head
+    if e.body is not None:
+        text += " " + inline_body(e.body)
+    return text
+
+
+class _Formatter:
+    """Lays a body out as lines first (groups of entries, comments, blanks), then aligns runs of
+    one-entry lines, then writes. Layout depends only on what fmt itself preserves (which entries
+    share a line, blank lines, one-line vs multi-line bodies), so a second run changes nothing."""
+
+    def __init__(self, doc: Document):
+        self.doc = doc
+        self.comments = sorted(doc.comments, key=lambda c: (c.line, c.col))
+        self.used: set[int] = set()
+        self.lines = doc.source.split("\n")
+        self.out: list[str] = []
+
+    def trailing(self, line: int, after_col: int) -> str:
+        """The comment that ends `line` right after column `after_col` (only blanks between)."""
+        text = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
+        for i, c in enumerate(self.comments):
+            if i not in self.used and c.line == line and c.col >= after_col \
+                    and not text[max(after_col - 1, 0): c.col - 1].strip():
+                self.used.add(i)
+                return "  " + c.text.rstrip()
+        return ""
+
+    def leading(self, after_line: int, before_line: int) -> list:
+        """Layout items for the unused comments on lines after_line <= line < before_line (a comment on
+        the previous entry's last line that it did not take sits inside the next entry)."""
+        items = []
+        for i, c in enumerate(self.comments):
+            if i in self.used or not after_line <= c.line < before_line:
+                continue
+            self.used.add(i)
+            if self._blank_before(c.line):
+                items.append(("blank",))
+            items.append(("comment", c.text.rstrip()))
+        return items
+
+    def _blank_before(self, line: int) -> bool:
+        return line >= 2 and not self.lines[line - 2].strip()
+
+    def layout(self, entries, after_line: int) -> list:
+        items: list = []
+        prev = None
+        for e in entries:
+            multiline = _multiline(e)
+            # comments before the entry, and (for an entry written on one line) inside it
+            upto = e.span.line if multiline else e.span.end_line
+            lead = [c.line for i, c in enumerate(self.comments)
+                    if i not in self.used and after_line <= c.line < upto
+                    and not (c.line == e.span.end_line and not multiline)]
+            if (prev is not None and not lead and not multiline and e.span.line == prev.span.end_line
+                    and items and items[-1][0] == "group" and not items[-1][2]):
+                items[-1][1].append(e)  # written on the previous entry's line: stays there
+                items[-1][2] = self.trailing(e.span.end_line, e.span.end_col or 0)
+                prev, after_line = e, e.span.end_line
+                continue
+            first = min(lead + [e.span.line])
+            if prev is not None and self._blank_before(first):
+                items.append(("blank",))
+            items += self.leading(after_line, upto if lead else e.span.line)
+            if multiline:
+                items.append(("block", e))
+            else:
+                items.append(["group", [e], self.trailing(e.span.end_line, e.span.end_col or 0)])
+            prev, after_line = e, e.span.end_line
+        return items
+
+    def write(self, entries, depth: int, after_line: int = 0) -> None:
+        items = self.layout(entries, after_line)
+        widths = _align(items)
+        pad = INDENT * depth
+        for k, it in enumerate(items):
+            if it[0] == "blank":
+                if self.out and self.out[-1] != "" and not self.out[-1].rstrip().endswith("{"):
+                    self.out.append("")
+            elif it[0] == "comment":
+                self.out.append(pad + it[1])
+            elif it[0] == "group":
+                key_w, name_w = widths.get(k, (0, 0))
+                heads = [entry_head(e, key_w, name_w) if len(it[1]) == 1 else entry_head(e) for e in it[1]]
+                self.out.append(pad + "  ".join(heads) + it[2])
+            else:
+                self.block(it[1], depth, widths.get(k, (0, 0)))
+
+    def block(self, e, depth: int, widths) -> None:
+        pad = INDENT * depth
+        body = _body_of(e)
+        head = entry_head(_without_body(e), *widths)
+        self.out.append(pad + head + " {" + self.trailing(body.span.line, body.span.col + 1))
+        self.write(body.entries, depth + 1, body.span.line)
+        last = body.entries[-1].span.end_line if body.entries else body.span.line
+        for it in self.leading(last, body.span.end_line):
+            self.out.append(INDENT * (depth + 1) + it[1] if it[0] == "comment" else "")
+        self.out.append(pad + "}" + self.trailing(body.span.end_line, body.span.end_col or 0))
+
+    def run(self) -> str:
+        self.write(self.doc.entries, 0)
+        for it in self.leading(0, 10**9):
+            if it[0] == "blank":
+                if self.out and self.out[-1] != "":
+                    self.out.append("")
+            else:
+                self.out.append(it[1])
+        while self.out and self.out[-1] == "":
+            self.out.pop()
+        return "\n".join(self.out) + "\n"
+
+
+def _body_of(e):
+    if isinstance(e, Stmt):
+        return e.body
+    return e.value.body if e.value.kind == "word" else None
+
+
+def _multiline(e) -> bool:
+    """Multi-line when written so, or when one line would be too wide."""
+    body = _body_of(e)
+    if body is None:
+        return False
+    return body.span.line != body.span.end_line or len(INDENT + entry_head(e)) > WIDTH
+
+
+def _without_body(e):
+    if isinstance(e, Stmt):
+        return Stmt(e.name, e.name_span, e.args, e.options, None, e.span)
+    v = e.value
+    return Assign(e.key, e.key_span, Value(v.kind, v.value, v.span, v.text, None), e.span)
+
+
+def _align(items) -> dict[int, tuple[int, int]]:
+    """Alignment widths for runs of adjacent one-entry lines of the same kind: `=` across
+    assignments, the first argument across statements. Blanks, comments and blocks end a run."""
+    widths: dict[int, tuple[int, int]] = {}
+    run: list[int] = []
+
+    def kind(it):
+        return type(it[1][0]) if it[0] == "group" and len(it[1]) == 1 else None
+
+    def flush():
+        if len(run) > 1:
+            ents = [items[k][1][0] for k in run]
+            if isinstance(ents[0], Assign):
+                w = max(len(e.key) for e in ents)
+                widths.update({k: (w, 0) for k in run})
+            else:
+                with_args = [e for e in ents if e.args or e.options]
+                w = max((len(e.name) for e in with_args), default=0) if len(with_args) > 1 else 0
+                widths.update({k: (0, w) for k in run})
+        run.clear()
+
+    for k, it in enumerate(items):
+        kd = kind(it)
+        if kd is None or (run and kind(items[run[-1]]) is not kd):
+            flush()
+        if kd is not None:
+            run.append(k)
+    flush()
+    return widths
+
+
+def format_source(source: str, file: str = "<plan>") -> str:
+    return _Formatter(parse(source, file)).run()
+
+
+def fmt_file(path: str, check: bool = False) -> int:
+    try:
+        doc = parse_file(path)
+    except PlanError as e:
+        src = None
+        try:
+            src = open(path, encoding="utf-8", errors="replace").read()
+        except OSError:
+            pass
+        for d in e.diagnostics:
+            print(render(d, src), file=sys.stderr)
+        return 2
+    new = _Formatter(doc).run()
+    if new == doc.source:
+        return 0
+    if check:
+        print(f"{path}: not formatted (run `planc fmt {path}`)", file=sys.stderr)
+        return 1
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(new)
+    print(f"formatted {path}")
+    return 0

@@ -1,0 +1,127 @@
+"""The real module tree of a plan's model, built on the meta device (no weights read, no download)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+
+class ModelLoadError(Exception):
+    def __init__(self, message: str, help: str | None = None):
+        super().__init__(message)
+        self.help = help
+
+
+@dataclass
+class ModelTree:
+    config: object  # transformers.PretrainedConfig
+    path: Path
+    modules: list[str]  # dotted names, parents before children ("" is the root)
+    module_types: dict[str, str]  # name -> class name
+    direct_params: dict[str, list[str]]  # module -> its own parameters' full names
+    param_numel: dict[str, int]
+    param_shape: dict[str, tuple]
+    tied: list[tuple[str, ...]] = field(default_factory=list)  # parameters that share storage
+    has_weights: bool = False
+    model: object = None  # the meta-device module itself
+
+    @property
+    def model_type(self) -> str:
+        return getattr(self.config, "model_type", "?")
+
+    @property
+    def n_params(self) -> int:
+        """Distinct parameters (a tied weight counts once)."""
+        extra = sum(self.param_numel[q] for group in self.tied for q in group[1:])
+        return sum(self.param_numel.values()) - extra
+
+    def params_under(self, module: str) -> list[str]:
+        prefix = module + "." if module else ""
+        return [p for p in self.param_numel if p.startswith(prefix)]
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+def config_dir(path: str | Path) -> Path:
+    p = Path(path)
+    return p.parent if p.is_file() else p
+
+
+def find_config(path: str | Path) -> Path:
+    """The config.json a plan's `model.config` names, or ModelLoadError."""
+    p = Path(path)
+    if not p.exists():
+        hint = None
+        if "/" in str(path) and not str(path).startswith((".", "/")):
+            hint = ("model hubs are not reachable: download the model elsewhere and point `config` at the "
+                    "local directory (config.json is enough for checks)")
+        raise ModelLoadError(f"{path} does not exist", hint or "give a local HF config.json or a directory holding one")
+    cfg = p / "config.json" if p.is_dir() else p
+    if not cfg.is_file():
+        raise ModelLoadError(f"{p} holds no config.json", "point `config` at an HF model directory or config file")
+    return cfg
+
+
+def load_config(path: str | Path):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg_file = find_config(path)
+    try:
+        json.loads(cfg_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{cfg_file} is not valid JSON: {e}", "fix the config file") from None
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(cfg_file.parent if cfg_file.name == "config.json" else cfg_file))
+    except Exception as e:  # transformers raises many kinds for unknown model types
+        raise ModelLoadError(f"transformers cannot read {cfg_file}: {_first_line(e)}",
+                             "is `model_type` one transformers 5 knows?") from None
+
+
+@lru_cache(maxsize=8)
+def _tree_cached(path: str, attention: str) -> ModelTree:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(path)
+    try:
+        config._attn_implementation = attention  # meta build never runs attention; the name is recorded
+    except Exception:
+        pass
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception as e:
+        raise ModelLoadError(f"cannot build a causal LM from {path}: {_first_line(e)}",
+                             "the config must describe a model AutoModelForCausalLM knows") from None
+    modules, types, direct = [], {}, {}
+    for name, mod in model.named_modules(remove_duplicate=False):
+        if name in types:
+            continue
+        modules.append(name)
+        types[name] = type(mod).__name__
+        direct[name] = [f"{name}.{p}" if name else p for p, _ in mod.named_parameters(recurse=False)]
+    numel, shape, by_id = {}, {}, {}
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        numel[pname] = p.numel()
+        shape[pname] = tuple(p.shape)
+        by_id.setdefault(id(p), []).append(pname)
+    tied = [tuple(v) for v in by_id.values() if len(v) > 1]
+    d = config_dir(path)
+    has_weights = any(d.glob("*.safetensors"))
+    return ModelTree(config, Path(path), modules, types, direct, numel, shape, tied, has_weights, model)
+
+
+def load_tree(path: str | Path, attention: str = "sdpa") -> ModelTree:
+    return _tree_cached(str(path), attention)
+
+
+def match(tree: ModelTree, pattern: str) -> list[str]:
+    """Module names matching a plan glob (the runtime's own matcher, so check and run agree)."""
+    from runtime.parallel.globs import match_modules
+
+    return match_modules(tree.modules, pattern)

@@ -1,0 +1,433 @@
+"""Give a parsed plan its meaning: names, types, ranges and defaults from planc/schema.py.
+
+The result is a `Plan`: flat settings keyed `block.key` (the same names the generated script and its
+overrides use), the parallelize rules and the data sources, each keeping the span it came from.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import schema as S
+from .diagnostics import Diagnostic, Span, suggest
+from .syntax import Assign, Body, Document, Stmt, Value
+
+
+@dataclass
+class Setting:
+    value: Any
+    span: Span | None = None  # the value as written; None when it is the default
+    line_span: Span | None = None  # the whole assignment (or the block, for a default)
+
+    @property
+    def written(self) -> bool:
+        return self.span is not None
+
+
+@dataclass
+class Glob:
+    pattern: str
+    span: Span
+
+
+@dataclass
+class Rule:
+    """One statement of the `parallelize` block."""
+
+    kind: str  # fsdp | replicate | checkpoint | compile | tp | ep | sp
+    style: str | None
+    globs: list[Glob]
+    options: dict[str, Setting]
+    span: Span
+
+
+@dataclass
+class Source:
+    name: str
+    span: Span
+    settings: dict[str, Setting]
+
+    def __getitem__(self, key):
+        return self.settings[key].value
+
+
+@dataclass
+class Plan:
+    doc: Document
+    name: str = ""
+    name_span: Span | None = None
+    settings: dict[str, Setting] = field(default_factory=dict)
+    blocks: dict[str, Span] = field(default_factory=dict)  # block name -> span of its name
+    block_spans: dict[str, Span] = field(default_factory=dict)  # block name -> its whole extent
+    rules: list[Rule] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
+
+    def __getitem__(self, key: str):
+        return self.settings[key].value
+
+    def span(self, key: str) -> Span | None:
+        """Where a setting is written, else its block, else the plan's name."""
+        s = self.settings.get(key)
+        if s is not None and s.line_span is not None:
+            return s.line_span
+        return self.blocks.get(key.split(".")[0], self.name_span)
+
+    def value_span(self, key: str) -> Span | None:
+        s = self.settings.get(key)
+        return s.span if s is not None and s.span is not None else self.span(key)
+
+    @property
+    def file(self) -> str:
+        return self.doc.file
+
+
+_PLAN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+
+
+class _Resolver:
+    def __init__(self, doc: Document):
+        self.doc = doc
+        self.plan = Plan(doc)
+        self.diags: list[Diagnostic] = []
+
+    def err(self, rule, message, span, help=None, severity="error"):
+        self.diags.append(Diagnostic(rule, message, span, help, severity))
+
+    # top level ---------------------------------------------------------------------------------
+    def run(self) -> tuple[Plan, list[Diagnostic]]:
+        seen: dict[str, Span] = {}
+        for entry in self.doc.entries:
+            if isinstance(entry, Assign):
+                self.err("unknown-block", f"`{entry.key} = ...` cannot stand outside a block", entry.key_span,
+                         "a plan holds `plan \"NAME\"` and blocks: " + ", ".join(S.BLOCKS))
+                continue
+            if entry.name in seen:
+                self.err("duplicate-block", f"`{entry.name}` is given twice (first at line {seen[entry.name].line})",
+                         entry.name_span, "merge the two into one block")
+                continue
+            if entry.name == "plan":
+                seen["plan"] = entry.name_span
+                self.plan_stmt(entry)
+            elif entry.name in S.BLOCKS:
+                seen[entry.name] = entry.name_span
+                self.block(S.BLOCKS[entry.name], entry)
+            else:
+                self.err("unknown-block", f"unknown block `{entry.name}`", entry.name_span,
+                         suggest(entry.name, S.TOP_LEVEL, "blocks"))
+        first = Span(self.doc.file, 1, 1)
+        if "plan" not in seen:
+            self.err("missing-block", "the plan has no name", first, 'start the file with `plan "NAME"`')
+        for spec in S.BLOCKS.values():
+            if spec.name not in seen:
+                if spec.required:
+                    self.err("missing-block", f"the plan has no `{spec.name}` block", self.plan.name_span or first,
+                             f"add `{spec.name} {{ ... }}` ({spec.doc})")
+                self.defaults(spec)
+        return self.plan, self.diags
+
+    def plan_stmt(self, st: Stmt):
+        if st.body is not None or st.options or len(st.args) != 1 or st.args[0].kind != "string":
+            self.err("plan-name", "`plan` takes one string: its name", st.span, 'write `plan "my-plan"`')
+            return
+        name = st.args[0].value
+        self.plan.name_span = st.args[0].span
+        if not _PLAN_NAME.fullmatch(name):
+            self.err("plan-name", f"plan name {name!r} cannot be a file name", st.args[0].span,
+                     "use letters, digits, `_`, `-` and `.` (it becomes generated/NAME.py)")
+            return
+        self.plan.name = name
+
+    def defaults(self, spec: S.BlockSpec):
+        for key in spec.keys.values():
+            self.default(spec.name, key)
+        for st in spec.stmts.values():
+            if st.body is not None and st.once:
+                for key in st.body.values():
+                    self.default(spec.name, key)
+
+    def default(self, block: str, key: S.Key):
+        name = key.setting or f"{block}.{key.name}"
+        if name not in self.plan.settings:
+            self.plan.settings[name] = Setting(None if key.required else key.default)
+        if key.type == "enum" and key.options:
+            chosen = self.plan.settings[name].value
+            for opt in key.options.get(chosen, {}).values():
+                oname = f"{block}.{opt.name}"
+                if oname not in self.plan.settings:
+                    self.plan.settings[oname] = Setting(None if opt.required else opt.default)
+
+    # blocks ------------------------------------------------------------------------------------
+    def block(self, spec: S.BlockSpec, st: Stmt):
+        self.plan.blocks[spec.name] = st.name_span
+        self.plan.block_spans[spec.name] = st.span
+        if st.args or st.options:
+            self.err("block-args", f"`{spec.name}` takes no arguments, only a {{ body }}", st.span,
+                     f"write `{spec.name} {{ ... }}`")
+        if st.body is None:
+            self.err("block-body", f"`{spec.name}` needs a {{ body }}", st.span, f"write `{spec.name} {{ ... }}`")
+            self.defaults(spec)
+            return
+        written: dict[str, Span] = {}
+        once: dict[str, Span] = {}
+        for entry in st.body.entries:
+            if isinstance(entry, Assign):
+                self.assign(spec, entry, written)
+            else:
+                self.statement(spec, entry, once)
+        for key in spec.keys.values():
+            name = key.setting or f"{spec.name}.{key.name}"
+            if key.required and name not in self.plan.settings:
+                self.err("missing-key", f"`{spec.name}` needs `{key.name}` ({key.doc})", st.name_span,
+                         f"add `{key.name} = ...` to the `{spec.name}` block")
+        self.defaults(spec)
+
+    def assign(self, spec: S.BlockSpec, a: Assign, written: dict[str, Span], prefix: str | None = None,
+               keys=None, where: str | None = None):
+        keys = spec.keys if keys is None else keys
+        where = where or f"`{spec.name}`"
+        if a.key not in keys:
+            if a.key in spec.stmts:
+                self.err("unknown-key", f"`{a.key}` is a statement, not a key", a.key_span,
+                         f"write `{a.key} ...` without `=`")
+            else:
+                self.err("unknown-key", f"unknown key `{a.key}` in {where}", a.key_span,
+                         suggest(a.key, keys, "keys"))
+            return
+        if a.key in written:
+            self.err("duplicate-key", f"`{a.key}` is set twice in {where} (first at line {written[a.key].line})",
+                     a.key_span, "keep one")
+            return
+        written[a.key] = a.key_span
+        key = keys[a.key]
+        value = self.typed(key, a.value, where)
+        if value is _BAD:
+            return
+        name = key.setting or f"{prefix or spec.name}.{key.name}"
+        self.plan.settings[name] = Setting(value, a.value.span, a.span)
+        if key.type == "enum" and a.value.body is not None:
+            self.value_options(spec, key, a.value, value)
+        elif key.type == "enum" and key.options and value in key.options:
+            for opt in key.options[value].values():
+                if opt.required:
+                    self.err("missing-key", f"`{value}` needs `{opt.name}` ({opt.doc})", a.value.span,
+                             f"write `{key.name} = {value} {{ {opt.name} = ... }}`")
+
+    def value_options(self, spec: S.BlockSpec, key: S.Key, v: Value, chosen):
+        opts = key.options.get(chosen)
+        if opts is None:
+            self.err("unknown-key", f"`{chosen}` takes no options", v.body.span,
+                     f"write `{key.name} = {chosen}`")
+            return
+        written: dict[str, Span] = {}
+        for entry in v.body.entries:
+            if isinstance(entry, Stmt):
+                self.err("unknown-key", f"`{entry.name}` must be written `{entry.name} = value`", entry.name_span,
+                         suggest(entry.name, opts, f"options of {chosen}"))
+                continue
+            self.assign(spec, entry, written, keys=opts, where=f"`{chosen}`")
+        for opt in opts.values():
+            if opt.required and opt.name not in written:
+                self.err("missing-key", f"`{chosen}` needs `{opt.name}` ({opt.doc})", v.span,
+                         f"add `{opt.name} = ...` inside the braces")
+
+    def statement(self, spec: S.BlockSpec, st: Stmt, once: dict[str, Span]):
+        if st.name not in spec.stmts:
+            if st.name in spec.keys:
+                self.err("unknown-statement", f"`{st.name}` is a key: it needs `=`", st.name_span,
+                         f"write `{st.name} = ...`")
+            else:
+                self.err("unknown-statement", f"unknown statement `{st.name}` in `{spec.name}`", st.name_span,
+                         suggest(st.name, list(spec.stmts) + list(spec.keys), "valid here"))
+            return
+        sspec = spec.stmts[st.name]
+        if sspec.once:
+            if st.name in once:
+                self.err("duplicate-key", f"`{st.name}` is given twice (first at line {once[st.name].line})",
+                         st.name_span, "keep one")
+                return
+            once[st.name] = st.name_span
+        if sspec.args == "label":
+            self.source(spec, sspec, st)
+        elif sspec.body is not None:
+            self.stmt_body(spec, sspec, st)
+        else:
+            self.rule(sspec, st)
+
+    def stmt_body(self, spec, sspec: S.StmtSpec, st: Stmt):
+        if st.args or st.options or st.body is None:
+            self.err("statement-args", f"`{st.name}` takes only a {{ body }}", st.span,
+                     f"write `{st.name} {{ {', '.join(k + ' = ...' for k in sspec.body)} }}`")
+            return
+        written: dict[str, Span] = {}
+        for entry in st.body.entries:
+            if isinstance(entry, Stmt):
+                self.err("unknown-key", f"`{entry.name}` must be written `{entry.name} = value`", entry.name_span,
+                         suggest(entry.name, sspec.body, f"keys of {st.name}"))
+                continue
+            self.assign(spec, entry, written, keys=sspec.body, where=f"`{st.name}`")
+
+    def source(self, spec, sspec: S.StmtSpec, st: Stmt):
+        if len(st.args) != 1 or st.args[0].kind != "string" or st.options:
+            self.err("statement-args", f"`{st.name}` takes a name in quotes, then a {{ body }}", st.span,
+                     f'write `{st.name} "web" {{ path = "..." }}`')
+            return
+        name = st.args[0].value
+        if any(s.name == name for s in self.plan.sources):
+            self.err("duplicate-key", f"two sources are named {name!r}", st.args[0].span, "give each a name of its own")
+            return
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in spec.keys:
+            self.err("source-name", f"source name {name!r} cannot name a setting (data.{name}.path)",
+                     st.args[0].span, "use letters, digits and `_`, and not a key of `data`")
+            return
+        src = Source(name, st.span, {})
+        if st.body is None:
+            self.err("missing-key", f"source {name!r} needs a body with `path`", st.span,
+                     f'write `source "{name}" {{ path = "..." }}`')
+            return
+        written: dict[str, Span] = {}
+        for entry in st.body.entries:
+            if isinstance(entry, Stmt):
+                self.err("unknown-key", f"`{entry.name}` must be written `{entry.name} = value`", entry.name_span,
+                         suggest(entry.name, sspec.body, "keys of a source"))
+                continue
+            self.assign(spec, entry, written, prefix=f"data.{name}", keys=sspec.body, where=f"source {name!r}")
+        for key in sspec.body.values():
+            full = f"data.{name}.{key.name}"
+            if key.required and key.name not in written:
+                self.err("missing-key", f"source {name!r} needs `{key.name}` ({key.doc})", st.name_span,
+                         f"add `{key.name} = ...`")
+            setting = self.plan.settings.get(full) or Setting(None if key.required else key.default)
+            self.plan.settings[full] = setting
+            src.settings[key.name] = setting
+        self.plan.sources.append(src)
+
+    def rule(self, sspec: S.StmtSpec, st: Stmt):
+        if st.body is not None:
+            self.err("statement-args", f"`{st.name}` takes no {{ body }}", st.body.span, sspec.doc)
+        style = None
+        args = list(st.args)
+        if sspec.args == "style+globs":
+            head = args.pop(0) if args else None
+            plan_opt = next((o for o in st.options if o.key == "plan"), None)
+            if head is None or head.kind != "word":
+                if plan_opt is None:
+                    self.err("statement-args", f"`{st.name}` needs a style first: {', '.join(sspec.styles)}",
+                             st.name_span, f"e.g. `{st.name} {sspec.styles[0]} \"model.layers.*\"`")
+                    return
+                if head is not None:
+                    args.insert(0, head)
+            elif head.value not in sspec.styles:
+                self.err("unknown-value", f"unknown {st.name} style `{head.value}`", head.span,
+                         suggest(head.value, sspec.styles, "styles"))
+                return
+            else:
+                style = head.value
+        globs, flags = [], {}
+        for a in args:
+            if a.kind == "string":
+                globs.append(Glob(a.value, a.span))
+            elif a.kind == "word" and a.value in sspec.options and sspec.options[a.value].type == "bool":
+                flags[a.value] = Setting(True, a.span, a.span)
+            elif a.kind == "word":
+                self.err("unknown-key", f"unknown option `{a.value}` of `{st.name}`", a.span,
+                         suggest(a.value, sspec.options, "options") if sspec.options else
+                         "module names go in quotes: \"model.layers.*\"")
+            else:
+                self.err("statement-args", f"`{st.name}` takes module globs in quotes, not {a.kind}s", a.span,
+                         'e.g. "model.layers.*"')
+        for o in st.options:
+            if o.key not in sspec.options:
+                self.err("unknown-key", f"unknown option `{o.key}` of `{st.name}`", o.key_span,
+                         suggest(o.key, sspec.options, "options") if sspec.options else f"`{st.name}` has no options")
+                continue
+            v = self.typed(sspec.options[o.key], o.value, f"`{st.name}`")
+            if v is not _BAD:
+                flags[o.key] = Setting(v, o.value.span, o.span)
+        for name, key in sspec.options.items():
+            flags.setdefault(name, Setting(key.default))
+        if sspec.args in ("globs", "style+globs") and not globs and flags.get("plan", Setting(None)).value is None:
+            self.err("statement-args", f"`{st.name}` needs at least one module glob", st.span,
+                     f'e.g. `{st.name}{" " + style if style else ""} "model.layers.*"`')
+            return
+        if sspec.args == "none" and globs:
+            self.err("statement-args", f"`{st.name}` takes no module globs", globs[0].span, sspec.doc)
+        self.plan.rules.append(Rule(st.name, style, globs, flags, st.span))
+
+    # values --------------------------------------------------------------------------------------
+    def typed(self, key: S.Key, v: Value, where: str):
+        t = key.type
+        if v.body is not None and not (t == "enum" and key.options):
+            self.err("type", f"`{key.name}` takes no {{ options }}", v.body.span, f"write `{key.name} = {v.value}`")
+            return _BAD
+        if t == "degree" and v.kind == "word" and v.value == "auto":
+            return "auto"
+        if t in ("int", "degree"):
+            if v.kind != "int":
+                return self.type_error(key, v, "a whole number" + (" or `auto`" if t == "degree" else ""))
+            return self.ranged(key, v, v.value)
+        if t == "size":
+            if v.kind not in ("size", "int"):
+                return self.type_error(key, v, "a size such as `80GiB`")
+            return self.ranged(key, v, v.value)
+        if t == "float":
+            if v.kind not in ("int", "float"):
+                return self.type_error(key, v, "a number")
+            if not math.isfinite(float(v.value)):
+                self.err("range", f"`{key.name}` must be a finite number, not {v.text}", v.span, key.doc)
+                return _BAD
+            return self.ranged(key, v, float(v.value))
+        if t == "bool":
+            if v.kind != "bool":
+                return self.type_error(key, v, "`true` or `false`")
+            return v.value
+        if t in ("str", "path"):
+            if v.kind != "string":
+                hint = f'write `{key.name} = "{v.text}"`' if v.kind == "word" else None
+                return self.type_error(key, v, "a string in double quotes", hint)
+            if t == "path" and not v.value.strip():
+                self.err("range", f"`{key.name}` is an empty path", v.span, "give a file or directory")
+                return _BAD
+            return v.value
+        if t == "enum":
+            word = v.value if v.kind in ("word", "string") else None
+            if word is None:
+                return self.type_error(key, v, "one of " + ", ".join(key.choices))
+            if word not in key.choices:
+                self.err("unknown-value", f"`{word}` is not a valid `{key.name}`", v.span,
+                         suggest(word, key.choices, "choices"))
+                return _BAD
+            return word
+        if t == "list":
+            if v.kind != "list":
+                return self.type_error(key, v, "a list such as [0.9, 0.95]")
+            if key.length is not None and len(v.value) != key.length:
+                self.err("type", f"`{key.name}` takes {key.length} items, not {len(v.value)}", v.span)
+                return _BAD
+            item = S.Key(key.name, key.item or "str", min=key.min, max=key.max)
+            out = [self.typed(item, x, where) for x in v.value]
+            return _BAD if any(x is _BAD for x in out) else out
+        raise AssertionError(t)
+
+    def ranged(self, key: S.Key, v: Value, x):
+        if key.min is not None and x < key.min:
+            self.err("range", f"`{key.name}` must be at least {key.min:g}, not {v.text}", v.span, key.doc)
+            return _BAD
+        if key.max is not None and x > key.max:
+            self.err("range", f"`{key.name}` must be at most {key.max:g}, not {v.text}", v.span, key.doc)
+            return _BAD
+        return x
+
+    def type_error(self, key: S.Key, v: Value, want: str, hint=None):
+        got = {"word": f"the word `{v.text}`", "string": "a string", "list": "a list", "bool": "a boolean",
+               "int": "a whole number", "float": "a number", "size": "a size"}[v.kind]
+        self.err("type", f"`{key.name}` takes {want}, not {got}", v.span, hint or key.doc)
+        return _BAD
+
+
+_BAD = object()
+
+
+def resolve(doc: Document) -> tuple[Plan, list[Diagnostic]]:
+    return _Resolver(doc).run()

@@ -1,0 +1,181 @@
+"""What a plan may say: blocks, keys, statements, their types, defaults and ranges.
+
+The grammar only knows shapes (words, assignments, statements); this table gives them meaning, so
+that an unknown name gets a located did-you-mean instead of a syntax error. Every key has the name
+of the setting it becomes in the generated script (`block.key`), which is also its command-line
+override (`--train.lr 1e-4`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+REQUIRED = object()
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    type: str  # int | float | bool | str | path | enum | list | size | degree
+    default: Any = None
+    doc: str = ""
+    choices: tuple = ()
+    min: float | None = None
+    max: float | None = None
+    item: str | None = None  # item type of a list
+    length: int | None = None  # exact length of a list
+    options: Mapping[str, Mapping[str, "Key"]] = field(default_factory=dict)  # enum value -> option keys
+    setting: str | None = None  # flattened setting name when it is not block.key
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+@dataclass(frozen=True)
+class StmtSpec:
+    name: str
+    doc: str
+    args: str = "none"  # none | globs | style+globs | label
+    styles: tuple = ()  # the first word of `tp colwise ...`, `sp ulysses ...`
+    options: Mapping[str, Key] = field(default_factory=dict)
+    body: Mapping[str, Key] | None = None
+    once: bool = False
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    name: str
+    doc: str
+    keys: Mapping[str, Key] = field(default_factory=dict)
+    stmts: Mapping[str, StmtSpec] = field(default_factory=dict)
+    required: bool = False
+
+
+def _keys(*keys: Key) -> Mapping[str, Key]:
+    return MappingProxyType({k.name: k for k in keys})
+
+
+# -- option bodies of enum values ------------------------------------------------------------
+_ADAMW = _keys(
+    Key("lr", "float", 3e-4, "peak learning rate", min=0),
+    Key("weight_decay", "float", 0.0, "decoupled weight decay (not on norms and biases)", min=0),
+    Key("betas", "list", [0.9, 0.95], "Adam betas", item="float", length=2),
+    Key("eps", "float", 1e-8, "Adam epsilon", min=0),
+)
+_SCHEDULE = _keys(
+    Key("warmup", "int", 0, "linear warm-up steps", min=0),
+    Key("min_lr", "float", 0.0, "final lr as a fraction of the peak", min=0, max=1),
+)
+_DYNAMIC = _keys(
+    Key("tokens", "int", REQUIRED, "token budget of one micro-batch", min=1),
+    Key("warmup_steps", "int", 0, "steps over which the budget grows to `tokens`", min=0),
+)
+
+MODEL = BlockSpec("model", "the model: an HF config (and optionally weights)", _keys(
+    Key("config", "path", REQUIRED, "HF config.json, or a directory holding one (and maybe *.safetensors)"),
+    Key("weights", "path", None, "HF directory with *.safetensors to load"),
+    Key("dtype", "enum", "fp32", "dtype of the master weights", choices=DTYPES),
+    Key("attention", "enum", "sdpa", "HF attention implementation",
+        choices=("sdpa", "eager", "flash_attention_2")),
+), required=True)
+
+MESH_DIMS = ("dp_replicate", "dp_shard", "sp", "tp")  # world = their product; ep borrows
+MESH = BlockSpec("mesh", "how ranks are laid out", _keys(
+    Key("world", "int", None, "declared world size", min=1),
+    Key("dp_replicate", "degree", 1, "data-parallel replicas (HSDP outer dim, or DDP)", min=1),
+    Key("dp_shard", "degree", 1, "FSDP2 shard degree", min=1),
+    Key("tp", "degree", 1, "tensor-parallel degree", min=1),
+    Key("sp", "degree", 1, "Ulysses sequence-parallel degree", min=1),
+    Key("ep", "int", 1, "expert-parallel degree (borrows ranks from dp_shard * sp)", min=1),
+    Key("pp", "int", 1, "pipeline parallelism (not built yet)", min=1),
+    Key("cp", "int", 1, "context parallelism (not built yet; use sp)", min=1),
+    Key("device", "enum", "cuda", "where the script runs", choices=("cpu", "cuda")),
+    Key("gpus_per_node", "int", 8, "devices per node, for placement checks", min=1),
+))
+
+_FSDP_OPTS = _keys(
+    Key("reshard_after_forward", "bool", True, "free gathered parameters after forward"),
+    Key("offload", "bool", False, "keep sharded parameters on the CPU"),
+)
+TP_STYLES = ("colwise", "rowwise", "sequence", "vocab", "loss")
+PARALLELIZE = BlockSpec("parallelize", "rules over module-name globs", stmts=MappingProxyType({
+    "fsdp": StmtSpec("fsdp", "one FSDP2 unit per matching module (then the root)", "globs", options=_FSDP_OPTS),
+    "replicate": StmtSpec("replicate", "plain data-parallel replication (DDP) instead of FSDP", once=True),
+    "checkpoint": StmtSpec("checkpoint", "activation checkpointing per matching module", "globs"),
+    "compile": StmtSpec("compile", "torch.compile per matching module", "globs"),
+    "tp": StmtSpec("tp", "tensor-parallel style over modules", "style+globs", TP_STYLES,
+                   options=_keys(Key("plan", "enum", None, "take the config's base_model_tp_plan",
+                                     choices=("model",)))),
+    "ep": StmtSpec("ep", "expert parallelism over MoE experts modules", "globs"),
+    "sp": StmtSpec("sp", "Ulysses sequence parallelism over attention modules", "style+globs", ("ulysses",)),
+}))
+
+_SOURCE = _keys(
+    Key("path", "path", REQUIRED, "file, directory or glob"),
+    Key("format", "enum", None, "file format (default: from the extension)",
+        choices=("jsonl", "json", "parquet", "arrow", "csv", "text", "hf_disk")),
+    Key("kind", "enum", "pretrain", "pretrain: text; sft: chat messages", choices=("pretrain", "sft")),
+    Key("text", "str", "text", "field holding the text (pretrain)"),
+    Key("messages", "str", "messages", "field holding the conversation (sft)"),
+    Key("weight", "float", 1.0, "share of the mixture", min=0),
+    Key("streaming", "bool", False, "read lazily (large sources)"),
+)
+DATA = BlockSpec("data", "what to train on", _keys(
+    Key("tokenizer", "path", REQUIRED, "HF tokenizer directory"),
+    Key("max_len", "int", 2048, "tokens per row", min=2),
+    Key("pack", "enum", "greedy", "batching", choices=("none", "greedy", "dynamic"),
+        options=MappingProxyType({"dynamic": _DYNAMIC})),
+    Key("shuffle", "bool", True, "shuffle each epoch (seeded)"),
+    Key("shuffle_buffer", "int", 10000, "shuffle buffer of streaming sources", min=1),
+    Key("chat_template", "enum", "tokenizer", "template for sft sources", choices=("tokenizer", "chatml")),
+    Key("system_prompt", "str", None, "system message prepended to sft conversations"),
+    Key("truncation", "enum", "right", "sft samples longer than max_len", choices=("right", "left", "drop")),
+    Key("on_bad_record", "enum", "skip", "skip (counted and reported) or fail", choices=("skip", "fail")),
+), stmts=MappingProxyType({
+    "source": StmtSpec("source", "a data source", "label", body=_SOURCE),
+}), required=True)
+
+TRAIN = BlockSpec("train", "the optimisation", _keys(
+    Key("steps", "int", REQUIRED, "optimizer steps", min=1),
+    Key("global_batch", "int", REQUIRED, "rows per step over all data-parallel ranks", min=1),
+    Key("micro_batch", "int", 1, "rows per forward/backward on one rank", min=1),
+    Key("optimizer", "enum", "adamw", "optimizer", choices=("adamw",),
+        options=MappingProxyType({"adamw": _ADAMW})),
+    Key("schedule", "enum", "constant", "learning-rate schedule", choices=("constant", "linear", "cosine"),
+        options=MappingProxyType({"constant": _keys(_SCHEDULE["warmup"]), "linear": _SCHEDULE,
+                                  "cosine": _SCHEDULE})),
+    Key("clip", "float", 1.0, "max gradient norm (0 = off)", min=0),
+    Key("seed", "int", 0, "model init and data order"),
+    Key("log_every", "int", 1, "log every N steps", min=1),
+    Key("output", "path", None, "where metrics.jsonl goes (default: checkpoint.dir)"),
+), stmts=MappingProxyType({
+    "mixed_precision": StmtSpec("mixed_precision", "FSDP2 compute and gradient-reduce dtypes", body=_keys(
+        Key("param", "enum", "fp32", "compute dtype of gathered parameters", choices=DTYPES,
+            setting="train.param_dtype"),
+        Key("reduce", "enum", "fp32", "dtype of gradient reduction", choices=DTYPES,
+            setting="train.reduce_dtype"),
+    ), once=True),
+}), required=True)
+
+CHECKPOINT = BlockSpec("checkpoint", "DCP checkpoints and the HF export", _keys(
+    Key("dir", "path", REQUIRED, "where step_N/ and hf/ go"),
+    Key("every", "int", None, "save every N steps (default: at the end only)", min=1),
+    Key("keep", "int", 2, "keep the newest K checkpoints", min=1),
+    Key("export", "enum", "hf", "write DIR/hf at the end", choices=("hf", "none")),
+))
+
+KERNEL_CHOICES = ("auto", "triton", "torch", "off")
+KERNELS = BlockSpec("kernels", "fused kernels per operation", _keys(
+    Key("rmsnorm", "enum", "off", "RMSNorm", choices=KERNEL_CHOICES),
+    Key("swiglu", "enum", "off", "SwiGLU / GeGLU act-and-mul", choices=KERNEL_CHOICES),
+    Key("rotary", "enum", "off", "rotary embedding", choices=KERNEL_CHOICES),
+    Key("fused_ce", "enum", "off", "chunked linear + cross-entropy (no full logits)", choices=KERNEL_CHOICES),
+    Key("moe", "enum", "off", "MoE grouped GEMM", choices=KERNEL_CHOICES),
+))
+
+BLOCKS: Mapping[str, BlockSpec] = MappingProxyType(
+    {b.name: b for b in (MODEL, MESH, PARALLELIZE, DATA, TRAIN, CHECKPOINT, KERNELS)})
+TOP_LEVEL = ("plan",) + tuple(BLOCKS)

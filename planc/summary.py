@@ -1,0 +1,84 @@
+"""The short summary `planc check` prints for a plan that composes."""
+from __future__ import annotations
+
+def _fmt_count(n: float) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+def _units(names: list[str]) -> str:
+    if not names:
+        return "none"
+    if len(names) <= 3:
+        return ", ".join(names)
+    return f"{names[0]} .. {names[-1]} ({len(names)})"
+
+
+def summary_lines(checked, rep=None) -> list[str]:
+    """`rep`: the planc.estimate Report (exact per-rank shards, memory and traffic estimates)."""
+    plan, ctx = checked.plan, checked.ctx
+    lines = [f'plan "{plan.name}" ({plan.file}) composes']
+    if ctx.tree is not None:
+        lines.append(f"  model       {ctx.tree.model_type}, {_fmt_count(ctx.tree.n_params)} parameters "
+                     f"({plan['model.config']}, {plan['model.dtype']})")
+    if ctx.degrees is not None:
+        d = ctx.degrees
+        dims = [f"{k} {v}" for k, v in d.items() if v != 1] or ["1 process"]
+        lines.append(f"  mesh        world {ctx.world} = {' x '.join(dims)}  [{plan['mesh.device']}]")
+        gb, mb = plan["train.global_batch"], plan["train.micro_batch"]
+        if gb and mb and gb % (mb * ctx.dp) == 0:
+            lines.append(f"  batch       dp {ctx.dp} x micro_batch {mb} x grad_accum {gb // (mb * ctx.dp)} = "
+                         f"global_batch {gb} rows of {plan['data.max_len']} tokens")
+    if ctx.tree is not None:
+        for kind, label in (("fsdp", "fsdp"), ("checkpoint", "checkpoint"), ("tp", "tp"), ("sp", "sp"),
+                            ("ep", "ep"), ("compile", "compile")):
+            mods = [m for _, names in ctx.rule_modules(kind) for m in names]
+            if mods:
+                suffix = " + root" if kind == "fsdp" else ""
+                lines.append(f"  {label:<11} {_units(mods)}{suffix}")
+        if rep is not None:
+            lines += _estimate_lines(rep)
+        for note in ctx.notes:
+            if note.startswith("per-rank estimate unavailable"):
+                lines.append(f"  per rank    {note[len('per-rank '):]}")
+    if plan.sources:
+        srcs = ", ".join(f"{s.name} ({s['kind']}, weight {s['weight']:g})" for s in plan.sources)
+        lines.append(f"  data        {srcs}; pack = {plan['data.pack']}")
+    if "checkpoint" in plan.blocks:
+        every = plan["checkpoint.every"] or plan["train.steps"]
+        lines.append(f"  checkpoint  {plan['checkpoint.dir']} every {every} steps, keep {plan['checkpoint.keep']}, "
+                     f"export {plan['checkpoint.export']}")
+    return lines
+
+
+def _estimate_lines(rep) -> list[str]:
+    """Exact shard bytes per rank class, the estimated total, traffic per axis, the dry run."""
+    from .estimate import fmt_bytes, fmt_ranks
+
+    lines = []
+    rows = rep.memory.rows
+    for i, r in enumerate(rows[:3]):
+        p = r.parts
+        label = "per rank" if i == 0 else ""
+        lines.append(f"  {label:<11} ranks {fmt_ranks(r.ranks, 2)}: params {fmt_bytes(p['params'])} + grads "
+                     f"{fmt_bytes(p['grads'])} + AdamW {fmt_bytes(p['optim'])} (exact); total ~{fmt_bytes(r.total)} "
+                     f"with activations {fmt_bytes(p['activations'])}, logits {fmt_bytes(p['logits'])}, FSDP "
+                     f"buffers {fmt_bytes(p['gathered'] + p['reduce'])}")
+    if len(rows) > 3:
+        lines.append(f"  {'':<11} ... {len(rows) - 3} more rank classes (`planc explain` lists them)")
+    if rep.device_memory:
+        worst = rep.memory.worst
+        lines.append(f"  {'':<11} worst rank {fmt_bytes(worst.total)} of {fmt_bytes(rep.device_memory)} device memory")
+    axes = rep.per_axis
+    if axes:
+        lines.append("  traffic     per step and rank: " + ", ".join(
+            f"{a} {fmt_bytes(s['bytes'])}" for a, s in sorted(axes.items(), key=lambda kv: -kv[1]["bytes"])))
+    if rep.dry is not None:
+        d = rep.dry
+        lines.append(f"  dry run     {d.world} ranks on a fake process group in {d.seconds:.1f} s: every rank's "
+                     f"shards equal the estimate ({len(d.classes())} distinct)")
+        for n in d.notes:
+            lines.append(f"  {'':<11} note: {n}")
+    return lines

@@ -1,0 +1,65 @@
+"""Packing: placing documents into rows (bins) of a token capacity, and collating rows to tensors.
+
+A packed row is documents laid end to end, then padding. Position ids restart at 0 for every
+document (transformers then attends within each document when `attention_mask` is None and
+`use_cache=False`); padding forms one last segment whose labels are all -100.
+"""
+from __future__ import annotations
+
+import bisect
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .kinds import IGNORE
+
+
+def fit_bins(lengths: Sequence[int], n_bins: int, capacity: int, worst: bool = False
+             ) -> tuple[list[list[int]], list[int]]:
+    """Place items (in the given priority order) into n_bins bins of `capacity`, each into the
+    fullest bin that still has room (best fit), or with `worst` into the emptiest one (worst fit:
+    long items spread over the bins, so bins end up alike). Returns the bins (lists of item
+    positions) and the positions that fit nowhere. Items longer than `capacity` are an error."""
+    bins: list[list[int]] = [[] for _ in range(n_bins)]
+    free = [(capacity, b) for b in range(n_bins)]  # sorted by room left, then bin number
+    left: list[int] = []
+    for pos, n in enumerate(lengths):
+        if n > capacity:
+            raise ValueError(f"document of {n} tokens exceeds the bin capacity {capacity}")
+        k = bisect.bisect_left(free, (n, -1))
+        if k == len(free):
+            left.append(pos)
+            continue
+        if worst:
+            k = len(free) - 1
+        room, b = free.pop(k)
+        bins[b].append(pos)
+        if room - n > 0:
+            bisect.insort(free, (room - n, b))
+    return bins, left
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def collate_rows(rows: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], length: int, pad: int) -> dict:
+    """Rows of (ids, labels) documents -> {input_ids, labels, position_ids}, LongTensor (rows, length)."""
+    n = len(rows)
+    ids = np.full((n, length), pad, dtype=np.int64)
+    labels = np.full((n, length), IGNORE, dtype=np.int64)
+    pos = np.zeros((n, length), dtype=np.int64)
+    for r, docs in enumerate(rows):
+        at = 0
+        for d_ids, d_labels in docs:
+            k = len(d_ids)
+            if at + k > length:
+                raise ValueError(f"row {r} holds more than {length} tokens")
+            ids[r, at:at + k] = d_ids
+            labels[r, at:at + k] = d_labels
+            pos[r, at:at + k] = np.arange(k)
+            at += k
+        pos[r, at:] = np.arange(length - at)
+    return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
+            "position_ids": torch.from_numpy(pos)}

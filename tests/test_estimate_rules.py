@@ -1,0 +1,96 @@
+"""One broken plan per estimate rule (node-span, memory-budget, dry-run): the diagnostic names the
+rule and points at the plan line to change."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from planc.dryrun import RULES as DRY_RULES
+from planc.estimate import RULES as EST_RULES
+from planc.estimate.check import run
+from planc.frontend import check_file
+from tests.planfix import base_plan, make_workspace
+
+RULES = {**EST_RULES, **DRY_RULES}
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    return make_workspace(tmp_path_factory.mktemp("ws_est"))
+
+
+# rule -> (edits, locator the diagnostic must point at, severity, keyword arguments of the check)
+CASES = {
+    # tp = 2 on nodes of one GPU: every tp group crosses nodes
+    "node-span": ([("dp_shard = 2  device = cpu", "dp_shard = 2  tp = 2  gpus_per_node = 1  device = cpu"),
+                   ('checkpoint "model.layers.*"', 'checkpoint "model.layers.*"\n  tp plan = model')],
+                  "tp = 2", "warning", {}),
+    # no activation checkpointing, long rows, a tiny budget: activations weigh most -> the parallelize block
+    "memory-budget": ([('checkpoint "model.layers.*"', ""), ("max_len   = 64", "max_len   = 256")],
+                      "parallelize {", "error", {"device_memory": "256KiB"}),
+    # a norm is not a Linear: the checks let the glob through, the runtime's apply_tp refuses it
+    "dry-run": ([("dp_shard = 2  device = cpu", "tp = 2  device = cpu"),
+                 ('checkpoint "model.layers.*"', 'tp plan = model\n  tp colwise "model.layers.*.input_layernorm"')],
+                'tp colwise "model.layers.*.input_layernorm"', "error", {"dry_run": True}),
+}
+
+
+def _apply(ws, rule):
+    edits, locator, severity, kw = CASES[rule]
+    text = base_plan(ws)
+    for old, new in edits:
+        assert old in text, f"edit for {rule} does not apply: {old!r}"
+        text = text.replace(old, new, 1)
+    path = ws / f"{rule}.veo"
+    path.write_text(text)
+    return path, text
+
+
+def _locate(text: str, locator: str) -> tuple[int, int]:
+    i = text.index(locator)
+    return text.count("\n", 0, i) + 1, i - (text.rfind("\n", 0, i) + 1) + 1
+
+
+@pytest.mark.parametrize("rule", sorted(CASES))
+def test_rule(ws, rule):
+    path, text = _apply(ws, rule)
+    _, locator, severity, kw = CASES[rule]
+    checked = check_file(str(path))
+    assert checked.ok, [(d.rule, d.message) for d in checked.diagnostics]  # the plan itself composes
+    run(checked, **kw)
+    hits = [d for d in checked.diagnostics if d.rule == rule]
+    assert hits, f"{rule} not reported; got {[(d.rule, d.message) for d in checked.diagnostics]}"
+    d = hits[0]
+    assert d.severity == severity
+    assert (d.span.line, d.span.col) == _locate(text, locator), f"{rule}: {d.span} {d.message}"
+    assert d.help
+    if severity == "error":
+        assert not checked.ok
+
+
+def test_memory_budget_names_micro_batch_when_checkpointed(ws):
+    """With checkpointing already on and micro_batch > 1, the line to change is micro_batch."""
+    text = base_plan(ws).replace("max_len   = 64", "max_len   = 256").replace("micro_batch = 2", "micro_batch = 4")
+    text = text.replace("global_batch = 8", "global_batch = 16")
+    path = ws / "budget2.veo"
+    path.write_text(text)
+    checked = check_file(str(path))
+    run(checked, device_memory="300KiB")
+    d = next(d for d in checked.diagnostics if d.rule == "memory-budget")
+    assert (d.span.line, d.span.col) == _locate(text, "micro_batch = 4")
+    assert re.search(r"micro_batch = [123]\b", d.help)
+
+
+def test_fits_when_the_budget_is_large(ws):
+    path, _ = _apply(ws, "memory-budget")
+    checked = check_file(str(path))
+    run(checked, device_memory="1GiB")
+    assert not [d for d in checked.diagnostics if d.rule == "memory-budget"]
+
+
+def test_every_estimate_rule_has_a_case_and_a_doc():
+    assert set(RULES) == set(CASES)
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "rules.md").read_text()
+    assert [r for r in RULES if f"`{r}`" not in doc] == []
