@@ -117,11 +117,11 @@ for step in range(start + 1, cfg.train.steps + 1):
     loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
     for batch in micro_batches:
         batch = {k: v.to(info.device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-        micro_loss = loss.cross_entropy_sum(logits, batch["labels"])
+        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                    use_cache=False)
+        micro_loss = loss.cross_entropy_sum(out.logits, batch["labels"])
         (micro_loss / tokens).backward()
         loss_sum += micro_loss.detach()
-
     grad_norm = optim.clip_grad_norm(model.parameters(), cfg.train.clip)  # demo.veo:29
     lr = scheduler.get_last_lr()[0]
     optimizer.step()

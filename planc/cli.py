@@ -1,4 +1,4 @@
-"""The `planc` command: check, compile, fmt (and the demo's data).
+"""The `planc` command: check, explain, compile, fmt, verify (and the demo's data).
 
 Exit status: 0 when the plan is valid (or the command did its job), 2 when the plan is invalid,
 3 on an internal error (reported in one line, never as a traceback).
@@ -21,7 +21,8 @@ def _size(text: str) -> int:
     return int(text)
 
 
-def _print_diags(checked, stream=sys.stderr) -> None:
+def _print_diags(checked, stream=None) -> None:
+    stream = stream or sys.stderr
     for d in checked.diagnostics:
         print(render(d, checked.source), file=stream)
         print(file=stream)
@@ -67,13 +68,19 @@ def cmd_explain(args) -> int:
 def cmd_compile(args) -> int:
     from .emit import compile_plan
 
-    return compile_plan(args.plan, args.output, args.world)
+    return compile_plan(args.plan, args.output, args.world, skip_files=args.skip_files)
 
 
 def cmd_fmt(args) -> int:
     from .fmt import fmt_file
 
     return fmt_file(args.plan, check=args.check)
+
+
+def cmd_verify(args) -> int:
+    from .verify import cmd_verify as verify  # the body lives in planc/verify.py
+
+    return verify(args)
 
 
 def cmd_demo_data(args) -> int:
@@ -121,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("plan", help="the .veo plan")
     c.add_argument("-o", "--output", help="where to write the script")
     c.add_argument("--world", type=int, help="the world size to check against")
+    c.add_argument("--skip-files", action="store_true", help="do not read data and tokenizer files (a plan "
+                   "compiled away from the storage that holds them)")
     c.set_defaults(func=cmd_compile)
 
     c = sub.add_parser("fmt", help="rewrite a plan in canonical layout", description="Rewrite a plan in "
@@ -128,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("plan", help="the .veo plan")
     c.add_argument("--check", action="store_true", help="only report whether the file is formatted (exit 1 if not)")
     c.set_defaults(func=cmd_fmt)
+
+    from .verify import add_parser as add_verify
+
+    add_verify(sub).set_defaults(func=cmd_verify)
 
     c = sub.add_parser("demo-data", help="make the demo's corpus and tokenizer", description="Write the "
                        "demo corpus (this Python's own stdlib sources, as jsonl) and train its tokenizer; "

@@ -91,8 +91,6 @@ def parallelize(model, mesh, checked) -> list[str]:
     """Apply the plan's `parallelize` rules to `model` over `mesh` (a runtime.dist.Mesh) with the
     runtime functions the generated script calls, in the compiler's order (planc.lower.ORDER).
     Returns notes on what was not applied; raises StepFailed located at the responsible rule."""
-    import torch
-
     from runtime.model import DTYPES
     from runtime.parallel.checkpointing import apply_activation_checkpointing
     from runtime.parallel.ddp import apply_replicate

@@ -104,10 +104,11 @@ def default_output(name: str) -> str:
     return os.path.join("generated", f"{name}.py")
 
 
-def compile_plan(plan_path: str, output: str | None = None, world: int | None = None) -> int:
+def compile_plan(plan_path: str, output: str | None = None, world: int | None = None,
+                 skip_files: bool = False) -> int:
     from .frontend import check_file
 
-    checked = check_file(plan_path, world)
+    checked = check_file(plan_path, world, skip_files=skip_files)
     for d in checked.diagnostics:
         print(render(d, checked.source), file=sys.stderr)
         print(file=sys.stderr)

@@ -34,13 +34,21 @@ def inline_body(body: Body) -> str:
     return "{ " + "  ".join(entry_head(e) for e in body.entries) + " }" if body.entries else "{ }"
 
 
+def stmt_head(e: Stmt) -> tuple[str, list]:
+    """A statement's head (its name and leading words, e.g. `tp colwise`) and its other arguments."""
+    lead, rest = [e.name], list(e.args)
+    while rest and rest[0].kind == "word":
+        lead.append(value_text(rest.pop(0)))
+    return " ".join(lead), rest
+
+
 def entry_head(e, key_width: int = 0, name_width: int = 0) -> str:
-    """An entry on one line (bodies inline)."""
+    """An entry on one line (bodies inline). Statement arguments are two spaces apart."""
     if isinstance(e, Assign):
         return f"{e.key.ljust(key_width)} = {value_text(e.value)}"
-    parts = [value_text(a) for a in e.args] + [f"{o.key} = {value_text(o.value)}" for o in e.options]
-    head = e.name.ljust(name_width) if parts else e.name
-    text = " ".join([head] + parts) if parts else head
+    head, rest = stmt_head(e)
+    parts = [value_text(a) for a in rest] + [f"{o.key} = {value_text(o.value)}" for o in e.options]
+    text = f"{head.ljust(name_width)} {'  '.join(parts)}" if parts else head
     if e.body is not None:
         text += " " + inline_body(e.body)
     return text
@@ -115,6 +123,13 @@ class _Formatter:
         items = self.layout(entries, after_line)
         widths = _align(items)
         pad = INDENT * depth
+        code = {}
+        for k, it in enumerate(items):
+            if it[0] == "group":
+                key_w, name_w = widths.get(k, (0, 0))
+                heads = [entry_head(e, key_w, name_w) if len(it[1]) == 1 else entry_head(e) for e in it[1]]
+                code[k] = pad + "  ".join(heads)
+        col = _comment_columns(items, code)
         for k, it in enumerate(items):
             if it[0] == "blank":
                 if self.out and self.out[-1] != "" and not self.out[-1].rstrip().endswith("{"):
@@ -122,9 +137,8 @@ class _Formatter:
             elif it[0] == "comment":
                 self.out.append(pad + it[1])
             elif it[0] == "group":
-                key_w, name_w = widths.get(k, (0, 0))
-                heads = [entry_head(e, key_w, name_w) if len(it[1]) == 1 else entry_head(e) for e in it[1]]
-                self.out.append(pad + "  ".join(heads) + it[2])
+                comment = it[2].strip()
+                self.out.append(code[k].ljust(col[k]) + comment if comment else code[k])
             else:
                 self.block(it[1], depth, widths.get(k, (0, 0)))
 
@@ -173,6 +187,26 @@ def _without_body(e):
     return Assign(e.key, e.key_span, Value(v.kind, v.value, v.span, v.text, None), e.span)
 
 
+def _comment_columns(items, code: dict) -> dict[int, int]:
+    """Trailing comments of adjacent one-line entries start in one column (two spaces after the
+    longest line of the run); a line without a comment, a blank or a block ends the run."""
+    cols: dict[int, int] = {}
+    run: list[int] = []
+
+    def flush():
+        width = max((len(code[k]) for k in run), default=0) + 2
+        cols.update({k: width for k in run})
+        run.clear()
+
+    for k, it in enumerate(items):
+        if it[0] == "group" and it[2].strip():
+            run.append(k)
+        else:
+            flush()
+    flush()
+    return cols
+
+
 def _align(items) -> dict[int, tuple[int, int]]:
     """Alignment widths for runs of adjacent one-entry lines of the same kind: `=` across
     assignments, the first argument across statements. Blanks, comments and blocks end a run."""
@@ -189,8 +223,8 @@ def _align(items) -> dict[int, tuple[int, int]]:
                 w = max(len(e.key) for e in ents)
                 widths.update({k: (w, 0) for k in run})
             else:
-                with_args = [e for e in ents if e.args or e.options]
-                w = max((len(e.name) for e in with_args), default=0) if len(with_args) > 1 else 0
+                with_args = [e for e in ents if stmt_head(e)[1] or e.options]
+                w = max((len(stmt_head(e)[0]) for e in with_args), default=0) if len(with_args) > 1 else 0
                 widths.update({k: (0, w) for k in run})
         run.clear()
 

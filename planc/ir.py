@@ -48,6 +48,7 @@ class ScriptIR:
     sources: list[SourceIR]
     tp_loss: bool = False  # vocab-sharded logits: cross-entropy and backward under loss_parallel
     tp_sequence: bool = False  # sequence-parallel norms: an explicit block-causal mask is needed
+    moe_aux: bool = False  # an MoE model: its load-balancing loss joins the backward
     kernels: dict[str, str] = field(default_factory=dict)  # op -> settings key
     checkpoint: bool = False
     features: set[str] = field(default_factory=set)  # fsdp, ddp, tp, sp, ep, checkpointing, compile, kernels

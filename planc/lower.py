@@ -80,9 +80,9 @@ class _Lowering:
             for f in fields:
                 value = s[f]
                 if f == "format" and value is None:
-                    from .checks.data import infer_format, source_files
+                    from .checks.data import resolved_format
 
-                    value = infer_format(s["path"], source_files(s["path"]))
+                    value = resolved_format(s)
                 self.add(f"data.{s.name}.{f}", value)
             sources.append(SourceIR(s.name, fields))
         data_keys = ["data.tokenizer", "data.max_len", "data.pack"]
@@ -104,6 +104,12 @@ class _Lowering:
             self.add("train.min_lr")
         for k in ("train.clip", "train.seed", "train.log_every"):
             self.add(k)
+        moe_aux = _moe_aux_coef(ctx.tree.config) is not None and "fused_ce" not in {
+            op for op in KERNELS.keys if "kernels" in p.blocks and p[f"kernels.{op}"] != "off"}
+        if moe_aux:
+            coef = p["train.moe_aux_loss"]
+            self.add("train.moe_aux_loss", _moe_aux_coef(ctx.tree.config) if coef is None else coef,
+                     None if coef is not None else "model config (router_aux_loss_coef)")
         has_ckpt = "checkpoint" in p.blocks
         output = p["train.output"] or (None if has_ckpt else f"out/{p.name}")
         self.add("train.output", output)
@@ -133,7 +139,8 @@ class _Lowering:
             name=p.name, plan_path=safe_comment_text(p.file), plan_file=self.file, out_path=self.out_path,
             world=ctx.world, device=p["mesh.device"], description=self.description(),
             settings=self.settings, where=self.wheres(), mesh=mesh, steps=steps, sources=sources,
-            kernels=kernels, checkpoint=has_ckpt, features=features, tp_loss=tp_loss, tp_sequence=tp_sequence)
+            kernels=kernels, checkpoint=has_ckpt, features=features, tp_loss=tp_loss, tp_sequence=tp_sequence,
+            moe_aux=moe_aux)
 
     def steps(self) -> list[Step]:
         out = []
@@ -183,6 +190,15 @@ class _Lowering:
         parts += [f"{k.upper()}={d[k]}" for k in ("tp", "sp", "ep") if d[k] > 1]
         layout = " x ".join(parts) or "one replica"
         return f"{ctx.tree.model_type} ({size} parameters), {layout} on {ctx.world} {self.plan['mesh.device']} processes"
+
+
+def _moe_aux_coef(config) -> float | None:
+    """The load-balancing loss weight of an MoE config (None for a dense model)."""
+    experts = next((getattr(config, k, None) for k in ("num_experts", "num_local_experts", "n_routed_experts")
+                    if getattr(config, k, None)), None)
+    if not experts or not hasattr(config, "router_aux_loss_coef"):
+        return None
+    return float(config.router_aux_loss_coef)
 
 
 def lower(checked, out_path: str) -> ScriptIR:

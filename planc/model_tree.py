@@ -89,12 +89,10 @@ def _tree_cached(path: str, attention: str) -> ModelTree:
 
     config = load_config(path)
     try:
-        config._attn_implementation = attention  # meta build never runs attention; the name is recorded
-    except Exception:
-        pass
-    try:
+        # the module tree does not depend on the attention kernel, and flash_attention_2 need not be
+        # installed where a plan is checked: build with sdpa
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+            model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     except Exception as e:
         raise ModelLoadError(f"cannot build a causal LM from {path}: {_first_line(e)}",
                              "the config must describe a model AutoModelForCausalLM knows") from None

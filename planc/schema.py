@@ -151,6 +151,8 @@ TRAIN = BlockSpec("train", "the optimisation", _keys(
     Key("seed", "int", 0, "model init and data order"),
     Key("log_every", "int", 1, "log every N steps", min=1),
     Key("output", "path", None, "where metrics.jsonl goes (default: checkpoint.dir)"),
+    Key("moe_aux_loss", "float", None, "MoE load-balancing loss weight (default: the config's router_aux_loss_coef)",
+        min=0),
 ), stmts=MappingProxyType({
     "mixed_precision": StmtSpec("mixed_precision", "FSDP2 compute and gradient-reduce dtypes", body=_keys(
         Key("param", "enum", "fp32", "compute dtype of gathered parameters", choices=DTYPES,

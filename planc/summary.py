@@ -46,6 +46,8 @@ def summary_lines(checked, rep=None) -> list[str]:
     if plan.sources:
         srcs = ", ".join(f"{s.name} ({s['kind']}, weight {s['weight']:g})" for s in plan.sources)
         lines.append(f"  data        {srcs}; pack = {plan['data.pack']}")
+        if ctx.data_estimate:
+            lines += ["              " + line for line in ctx.data_estimate.splitlines()]
     if "checkpoint" in plan.blocks:
         every = plan["checkpoint.every"] or plan["train.steps"]
         lines.append(f"  checkpoint  {plan['checkpoint.dir']} every {every} steps, keep {plan['checkpoint.keep']}, "

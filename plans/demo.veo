@@ -11,7 +11,7 @@ model {
 mesh { dp_shard = 2  device = cpu }
 
 parallelize {
-  fsdp       "model.layers.*" reshard_after_forward
+  fsdp       "model.layers.*"  reshard_after_forward
   checkpoint "model.layers.*"
 }
 

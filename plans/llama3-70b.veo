@@ -6,16 +6,16 @@
 plan "llama3-70b"
 
 model {
-  config    = "plans/models/llama3-70b"   # Meta-Llama-3-70B's public config.json
-  dtype     = fp32                        # master weights; compute in bf16 below
+  config    = "plans/models/llama3-70b"  # Meta-Llama-3-70B's public config.json
+  dtype     = fp32                       # master weights; compute in bf16 below
   attention = sdpa
 }
 
 mesh { dp_replicate = 2  dp_shard = 16  tp = 8  gpus_per_node = 8  device = cuda }
 
 parallelize {
-  tp plan = model                         # the config's own plan: q/k/v/gate/up colwise, o/down rowwise
-  fsdp       "model.layers.*" reshard_after_forward
+  tp         plan = model  # the config's own plan: q/k/v/gate/up colwise, o/down rowwise
+  fsdp       "model.layers.*"  reshard_after_forward
   checkpoint "model.layers.*"
 }
 

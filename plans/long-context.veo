@@ -5,7 +5,7 @@
 plan "long-context"
 
 model {
-  config    = "plans/models/llama3.1-8b"   # Llama-3.1-8B's public config.json (rope scaled to 128K)
+  config    = "plans/models/llama3.1-8b"  # Llama-3.1-8B's public config.json (rope scaled to 128K)
   dtype     = fp32
   attention = sdpa
 }
@@ -14,7 +14,7 @@ mesh { dp_shard = 8  sp = 8  gpus_per_node = 8  device = cuda }
 
 parallelize {
   sp ulysses "model.layers.*.self_attn"
-  fsdp       "model.layers.*" reshard_after_forward
+  fsdp       "model.layers.*"  reshard_after_forward
   checkpoint "model.layers.*"
 }
 

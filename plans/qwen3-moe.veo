@@ -5,7 +5,7 @@
 plan "qwen3-moe"
 
 model {
-  config    = "plans/models/qwen3-30b-a3b"   # Qwen3-30B-A3B's public config.json
+  config    = "plans/models/qwen3-30b-a3b"  # Qwen3-30B-A3B's public config.json
   dtype     = fp32
   attention = sdpa
 }
@@ -14,7 +14,7 @@ mesh { dp_shard = 64  ep = 8  gpus_per_node = 8  device = cuda }
 
 parallelize {
   ep         "model.layers.*.mlp.experts"
-  fsdp       "model.layers.*" reshard_after_forward
+  fsdp       "model.layers.*"  reshard_after_forward
   checkpoint "model.layers.*"
 }
 

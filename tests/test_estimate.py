@@ -153,3 +153,59 @@ def test_memory_rows_and_worst_rank(tmp_path):
     assert sorted(r for row in est.rows for r in row.ranks) == [0, 1, 2, 3]
     assert est.worst.total == max(r.total for r in est.rows)
     assert all(row.parts["activations"] > 0 and row.parts["logits"] > 0 for row in est.rows)
+
+
+def _saved_bytes(model, layer, **inputs) -> int:
+    """Bytes autograd keeps for backward inside one decoder layer (distinct storages; parameters
+    left out: FSDP's gathered weights are counted apart)."""
+    import torch
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            seen[(st.data_ptr(), st.nbytes())] = st.nbytes()
+        return t
+
+    hooks = []
+    mod = model.model.layers[layer]
+    state = {}
+    hooks.append(mod.register_forward_pre_hook(
+        lambda m, a, k: state.setdefault("ctx", torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)).__enter__(),
+        with_kwargs=True))
+    hooks.append(mod.register_forward_hook(lambda m, a, k, o: state["ctx"].__exit__(None, None, None), with_kwargs=True))
+    model(**inputs, use_cache=False)
+    for h in hooks:
+        h.remove()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("family,dtype", [("llama", "bf16"), ("llama", "fp32"), ("qwen3", "bf16")])
+def test_activation_terms_equal_what_autograd_keeps(family, dtype):
+    """The generalised terms on transformers' own layer (sdpa, grouped-query attention, SwiGLU,
+    fp32 RMSNorm, Qwen3's q/k norms): equal to the bytes saved for backward, to the byte."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from planc.estimate.activations import rotary_bytes, shape_of
+
+    cfg = AutoConfig.for_model(family, hidden_size=256, intermediate_size=688, num_hidden_layers=2,
+                               num_attention_heads=8, num_key_value_heads=2, head_dim=32, vocab_size=512,
+                               max_position_embeddings=1024)
+    cfg._attn_implementation = "sdpa"
+    torch_dtype, p = {"bf16": (torch.bfloat16, 2), "fp32": (torch.float32, 4)}[dtype]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).to(torch_dtype)
+    s, b = 256, 2
+    ids = torch.randint(0, 512, (b, s))
+    measured = _saved_bytes(model, 1, input_ids=ids, position_ids=torch.arange(s).expand(b, s))
+
+    class Tree:  # the module names shape_of looks at
+        modules = [n for n, _ in model.named_modules()]
+
+    L = shape_of(cfg, Tree, 1, "sdpa")
+    assert L.qk_norm == (family == "qwen3")
+    # one layer's terms, plus the rotary cos/sin it keeps (shared by all layers)
+    assert layer_bytes(L, s, b, p) + rotary_bytes(L, s, b, p) == measured

@@ -58,6 +58,11 @@ def test_check_json_carries_the_estimate(capsys):
 
 def test_check_reports_a_budget_overrun(capsys):
     plan = str(REPO / "plans" / "long-context.veo")
-    assert main(["check", plan, "--skip-files", "--device-memory", "24GiB"]) == 2
-    err = capsys.readouterr().err
-    assert "error[memory-budget]" in err and "long-context.veo:" in err
+    assert main(["check", plan, "--skip-files", "--json", "--device-memory", "24GiB"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert not out["ok"]
+    d = next(d for d in out["diagnostics"] if d["rule"] == "memory-budget")
+    # 128K-token rows: the logits weigh most, and max_len is the line to change
+    text = Path(plan).read_text().splitlines()
+    assert d["severity"] == "error" and text[d["line"] - 1].strip().startswith("max_len")
+    assert "fused_ce" in d["help"]

@@ -54,8 +54,10 @@ def test_syntax_errors_are_located(src, line, col, needle):
     assert d.rule == "syntax" and (d.span.line, d.span.col) == (line, col) and needle in d.message
 
 
-def test_demo_is_formatted():
-    assert format_source(DEMO) == DEMO
+@pytest.mark.parametrize("plan", sorted(__import__("pathlib").Path("plans").glob("*.veo")), ids=lambda p: p.stem)
+def test_every_plan_is_formatted(plan):
+    text = plan.read_text()
+    assert format_source(text) == text, f"run `planc fmt {plan}`"
 
 
 MESSY = '''# head

@@ -59,7 +59,8 @@ CASES = {
     "ep-rules": ([("/llama", "/moe"), ("device = cpu", "device = cpu  ep = 2")], "ep = 2", "error", None),
     "rule-overlap": ([("dp_shard = 2", "tp = 2"), ('checkpoint "model.layers.*"', 'tp colwise "model.layers.*.mlp.up_proj"\n  tp rowwise "model.layers.*.mlp.*_proj"')], "tp rowwise", "error", None),
     "data-source": ([("/data.jsonl", "/nope.jsonl")], '"{ws}/nope.jsonl"', "error", None),
-    "data-format": ([("/data.jsonl", "/bad.jsonl")], "jsonl  text", "error", None),
+    "data-format": ([("format = jsonl", "format = parquet")], "parquet", "error", None),
+    "data-records": ([("/data.jsonl", "/bad.jsonl")], '"{ws}/bad.jsonl"', "error", None),
     "data-field": ([('text = "text"', 'text = "body"')], '"body"', "error", None),
     "tokenizer": ([('"{ws}/tok"', '"{ws}/data.jsonl"')], '"{ws}/data.jsonl"\n', "error", None),
     "vocab-size": ([('"{ws}/tok"', '"{ws}/bigtok"')], '"{ws}/bigtok"', "error", None),
@@ -72,10 +73,20 @@ CASES = {
     "mixed-precision": ([('fsdp       "model.layers.*"  reshard_after_forward', ""), ("steps = 10", "mixed_precision { param = fp16 }\n  steps = 10")], "param = fp16", "warning", None),
     "checkpoint-every": ([("every = 5", "every = 50")], "every = 50", "error", None),
     "checkpoint-dir": ([('/out"', '/afile/x"')], '"{ws}/afile/x"', "error", None),
+    "dp-sync": ([('fsdp       "model.layers.*"  reshard_after_forward', "")], "parallelize {", "error", None),
+    "tp-incomplete": ([("dp_shard = 2", "tp = 2"), ('checkpoint "model.layers.*"', 'tp colwise "model.layers.*.self_attn.{q,k,v}_proj"')], "tp colwise", "error", None),
+    "tp-sequence": ([("dp_shard = 2", "tp = 2"), ('checkpoint "model.layers.*"', 'tp colwise "model.layers.*.self_attn.{q,k,v}_proj" "model.layers.*.mlp.{gate,up}_proj"\n  tp rowwise "model.layers.*.self_attn.o_proj" "model.layers.*.mlp.down_proj"\n  tp sequence "model.norm"')], "tp sequence", "error", None),
+    "tp-tied": ([("/llama", "/tied"), ("dp_shard = 2", "tp = 2"), ('checkpoint "model.layers.*"', 'tp vocab "model.embed_tokens"')], "tp vocab", "error", None),
+    "ep-cover": ([("/llama", "/moe"), ("device = cpu", "device = cpu  ep = 2"), ('checkpoint "model.layers.*"', 'ep "model.layers.0.mlp.experts"')], 'ep "model', "error", None),
+    "sp-cover": ([("dp_shard = 2", "sp = 2"), ('checkpoint "model.layers.*"', 'sp ulysses "model.layers.0.self_attn"')], "sp ulysses", "error", None),
+    "sp-attention": ([("dp_shard = 2", "sp = 2"), ("attention = sdpa", "attention = flash_attention_2"), ('checkpoint "model.layers.*"', 'sp ulysses "model.layers.*.self_attn"')], "attention = flash", "error", None),
+    "pack-micro-batch": ([("pack      = greedy", "pack      = dynamic { tokens = 128 }")], "micro_batch = 2", "error", None),
+    "kernel-tp": ([("dp_shard = 2", "tp = 2"), ('checkpoint "model.layers.*"', 'tp plan = model\n  tp loss "lm_head"'), ("checkpoint { dir", "kernels { fused_ce = torch }\ncheckpoint { dir")], "fused_ce", "error", None),
+    "kernel-model": ([("checkpoint { dir", "kernels { moe = torch }\ncheckpoint { dir")], "moe = torch", "error", None),
     "kernel-device": ([("checkpoint { dir", "kernels { rmsnorm = triton }\ncheckpoint { dir")], "rmsnorm", "warning", None),
 }
 
-UNTESTED_HERE = {"plan-file", "kernel-model"}  # tested below / with the kernels
+UNTESTED_HERE = {"plan-file"}  # tested below
 
 
 def _locate(text: str, locator: str) -> tuple[int, int]:

@@ -22,6 +22,7 @@ class Context:
     matches: dict = field(default_factory=dict)  # (rule index, glob index) -> module names
     notes: list[str] = field(default_factory=list)  # summary lines contributed by passes
     skip_files: bool = False  # --skip-files: do not read data or tokenizer files
+    data_estimate: str | None = None  # the mixture's tokens per step (data pass, when files are read)
 
     def error(self, rule: str, message: str, span: Span | None, help: str | None = None):
         self.diags.append(Diagnostic(rule, message, span, help, "error"))

@@ -2,7 +2,7 @@
 model; batching budgets fit max_len."""
 from __future__ import annotations
 
-import glob as globmod
+import functools
 import json
 from pathlib import Path
 
@@ -15,78 +15,29 @@ RULES = {
     "max-len": "max_len fits the model's position embeddings",
     "pack-budget": "a dynamic token budget holds at least one max_len sample",
     "chat-template": "sft sources have a chat template (the tokenizer's, or the built-in chatml)",
+    "pack-micro-batch": "dynamic batching fills each micro-batch by tokens: micro_batch = 1",
+    "data-records": "the first records decode (a bad one is a warning under on_bad_record = skip)",
 }
 
-EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".arrow": "arrow", ".csv": "csv",
-              ".txt": "text", ".md": "text"}
 PEEK = 5
 
 
-def source_files(path: str) -> list[Path]:
-    p = Path(path)
-    if p.is_file():
-        return [p]
-    if p.is_dir():
-        if (p / "dataset_info.json").exists() or (p / "state.json").exists():
-            return [p]
-        return sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in EXTENSIONS)
-    return sorted(Path(q) for q in globmod.glob(path, recursive=True) if Path(q).is_file())
+def runtime_source(src):
+    """The runtime's own Source for a plan source (so the checker reads data exactly as training will)."""
+    from runtime.data import Source
+
+    return Source(name=src.name, path=src["path"], format=src["format"], kind=src["kind"], text=src["text"],
+                  messages=src["messages"], weight=src["weight"], streaming=src["streaming"])
 
 
-def infer_format(path: str, files: list[Path]) -> str | None:
-    p = Path(path)
-    if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "state.json").exists()):
-        return "hf_disk"
-    exts = {EXTENSIONS.get(f.suffix) for f in files}
-    return exts.pop() if len(exts) == 1 else None
+def resolved_format(src) -> str | None:
+    """The source's format as the loader will read it (None when it cannot be told)."""
+    from runtime.data.sources import infer_format
 
-
-def peek(path: Path, fmt: str) -> list[dict]:
-    """The first few records of one file, as dicts (raises ValueError on unreadable data)."""
-    if fmt == "jsonl":
-        out = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-                    if not isinstance(rec, dict):
-                        raise ValueError(f"{path}:{lineno}: a record must be a JSON object")
-                    out.append(rec)
-                if len(out) >= PEEK:
-                    break
-        return out
-    if fmt == "json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        data = data if isinstance(data, list) else data.get("data", [data]) if isinstance(data, dict) else []
-        return [r for r in data[:PEEK] if isinstance(r, dict)]
-    if fmt == "text":
-        return [{"text": path.read_text(encoding="utf-8", errors="replace")[:2000]}]
-    if fmt == "csv":
-        import csv
-
-        with open(path, newline="", encoding="utf-8") as f:
-            return [row for _, row in zip(range(PEEK), csv.DictReader(f))]
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).read_row_group(0).slice(0, PEEK).to_pylist()
-    if fmt == "arrow":
-        import pyarrow as pa
-
-        with open(path, "rb") as f:
-            try:
-                table = pa.ipc.open_stream(f).read_all()
-            except pa.ArrowInvalid:
-                f.seek(0)
-                table = pa.ipc.open_file(f).read_all()
-        return table.slice(0, PEEK).to_pylist()
-    if fmt == "hf_disk":
-        files = sorted(path.rglob("*.arrow"))
-        return peek(files[0], "arrow") if files else []
-    raise ValueError(f"unknown format {fmt}")
+    try:
+        return src["format"] or infer_format(src["path"])
+    except (ValueError, OSError):
+        return None
 
 
 def check(ctx) -> None:
@@ -100,6 +51,10 @@ def check(ctx) -> None:
             _check_source(ctx, src)
         _check_tokenizer(ctx)
     max_len = p["data.max_len"]
+    if p["data.pack"] == "dynamic" and p["train.micro_batch"] not in (None, 1):
+        ctx.error("pack-micro-batch", f"pack = dynamic fills each micro-batch to a token budget, so micro_batch "
+                  f"must be 1, not {p['train.micro_batch']}", p.span("train.micro_batch"),
+                  "set micro_batch = 1; global_batch then counts micro-batches of at most `tokens` tokens")
     if p["data.pack"] == "dynamic" and p["data.tokens"] is not None and p["data.tokens"] < max_len:
         ctx.error("pack-budget", f"a budget of {p['data.tokens']} tokens cannot hold one {max_len}-token sample",
                   p.span("data.tokens"), f"use tokens >= {max_len} (max_len)")
@@ -108,45 +63,84 @@ def check(ctx) -> None:
         if mpe and max_len > mpe:
             ctx.warn("max-len", f"max_len ({max_len}) exceeds the model's max_position_embeddings ({mpe})",
                      p.span("data.max_len"), f"use max_len <= {mpe}, or extend the rotary scaling in the config")
+    if not ctx.skip_files and p.sources and not any(d.severity == "error" and d.rule in RULES for d in ctx.diags):
+        ctx.data_estimate = _mixture(ctx)
     if not p.sources and "data" in p.blocks:
         ctx.error("data-source", "the data block names no source", p.blocks["data"],
                   'add `source "NAME" { path = "..." }`')
 
 
 def _check_source(ctx, src) -> None:
+    import itertools
+
+    from runtime.data.sources import data_files, infer_format, read_records
+
     path = src["path"]
     if path is None:
         return
-    files = source_files(path)
+    if src["weight"] is not None and src["weight"] <= 0:
+        ctx.error("range", f"source {src.name!r}: weight must be more than 0", src.settings["weight"].span,
+                  "a weight is the source's share of the mixture; drop the source instead")
     span = src.settings["path"].span or src.span
-    if not files:
-        ctx.error("data-source", f"source {src.name!r}: {path} does not exist or holds no data files", span,
-                  "give a file, a directory of files, or a glob (relative to where you run planc)")
-        return
-    fmt = src["format"] or infer_format(path, files)
-    if fmt is None:
-        ctx.error("data-format", f"source {src.name!r}: cannot tell the format of {path}", span,
-                  "add `format = jsonl` (or json, parquet, arrow, csv, text, hf_disk)")
+    fmt_span = src.settings["format"].span or span
+    try:
+        fmt = src["format"] or infer_format(path)
+    except (ValueError, OSError) as e:
+        if not any(ch in path for ch in "*?[") and not Path(path).exists():
+            ctx.error("data-source", f"source {src.name!r}: {path} does not exist", span,
+                      "give a file, a directory of files, or a glob (relative to where you run planc)")
+        else:
+            ctx.error("data-format", f"source {src.name!r}: {e}", fmt_span,
+                      "add `format = jsonl` (or json, parquet, arrow, csv, text, hf_disk)")
         return
     try:
-        records = peek(files[0], fmt)
-    except (ValueError, OSError, UnicodeDecodeError) as e:
-        ctx.error("data-format", f"source {src.name!r}: {files[0]} is not readable as {fmt}: {e}",
-                  src.settings["format"].span or span, "fix the file or the `format`")
+        files = data_files(path, fmt)
+    except (FileNotFoundError, OSError) as e:
+        ctx.error("data-source", f"source {src.name!r}: {e}", span,
+                  "give a file, a directory of files, or a glob (relative to where you run planc)")
         return
-    except Exception as e:  # pyarrow raises its own kinds for corrupt files
-        ctx.error("data-format", f"source {src.name!r}: {files[0]} is not readable as {fmt}: "
-                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", span, "fix the file or the `format`")
+    try:
+        head = list(itertools.islice(read_records(runtime_source(src)), PEEK))
+    except Exception as e:  # the readers raise their own kinds for unreadable files
+        msg = (str(e).splitlines() or [type(e).__name__])[0]
+        ctx.error("data-format", f"source {src.name!r}: {files[0]} is not readable as {fmt}: {msg}", fmt_span,
+                  "fix the file or the `format`")
         return
+    if not head:
+        ctx.warn("data-source", f"source {src.name!r}: {path} holds no records", span)
+        return
+    broken = [r for r in head if r.error is not None]
+    good = [r for r in head if r.error is None and isinstance(r.value, dict)]
+    if broken:
+        fail = ctx.plan["data.on_bad_record"] == "fail"
+        (ctx.error if fail or not good else ctx.warn)(
+            "data-records", f"source {src.name!r}: bad record at {broken[0].where}: {broken[0].error}"
+            + ("" if good else " (and no good one among the first records)"), span,
+            "with on_bad_record = skip such records are counted and reported, then skipped" if not fail
+            else "fix the record, or set on_bad_record = skip")
+        if not good:
+            return
     field = src["messages"] if src["kind"] == "sft" else src["text"]
     key = "messages" if src["kind"] == "sft" else "text"
-    if fmt != "text" and records and not any(field in r for r in records):
-        fields = sorted({k for r in records for k in r})
-        ctx.error("data-field", f"source {src.name!r}: no field {field!r} in the first records of {files[0].name}",
+    if not any(field in r.value for r in good):
+        fields = sorted({k for r in good for k in r.value})
+        ctx.error("data-field", f"source {src.name!r}: no field {field!r} in the first records of {Path(files[0]).name}",
                   src.settings[key].span or src.span,
                   f"fields there: {', '.join(fields[:12])}" + (f" — write `{key} = \"{fields[0]}\"`" if len(fields) == 1 else ""))
-    elif fmt != "text" and not records:
-        ctx.warn("data-source", f"source {src.name!r}: {files[0].name} holds no records", span)
+        return
+    if src["kind"] == "sft":
+        from runtime.data.chat import ConversationError, check_messages
+
+        problems = []
+        for r in good:
+            try:
+                check_messages(r.value.get(field))
+            except ConversationError as e:
+                problems.append(f"{r.where}: {e.reason}")
+        if len(problems) == len(good):
+            ctx.error("data-records", f"source {src.name!r}: no usable conversation in the first records "
+                      f"({problems[0]})", src.settings[key].span or src.span,
+                      f"`{field}` must be a list of {{role, content}} messages with an assistant turn")
 
 
 def _check_tokenizer(ctx) -> None:
@@ -193,3 +187,28 @@ def _tokenizer_facts(d: Path) -> tuple[int | None, bool]:
         except (OSError, json.JSONDecodeError, AttributeError):
             pass
     return vocab, template
+
+
+def _mixture(ctx) -> str | None:
+    """Expected tokens per step, per source (the runtime's own estimate over the first records)."""
+    from runtime.data.checks import estimate_mixture, format_estimate
+
+    p = ctx.plan
+    try:
+        tok = _tokenizer(p["data.tokenizer"])
+        est = estimate_mixture([runtime_source(s) for s in p.sources], tok, p["data.max_len"], p["data.pack"],
+                               p["train.global_batch"], p["train.micro_batch"], tokens=p.settings["data.tokens"].value if "data.tokens" in p.settings else None,
+                               chat_template=p["data.chat_template"], system_prompt=p["data.system_prompt"],
+                               truncation=p["data.truncation"])
+    except Exception as e:  # the estimate is a courtesy; a tokenizer that cannot load is reported here
+        ctx.warn("tokenizer", f"cannot estimate tokens per step: {(str(e).splitlines() or [type(e).__name__])[0]}",
+                 p.value_span("data.tokenizer"))
+        return None
+    return format_estimate(est)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: str):
+    from runtime.data import load_tokenizer
+
+    return load_tokenizer(path)

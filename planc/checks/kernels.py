@@ -6,6 +6,7 @@ from ..schema import KERNELS
 RULES = {
     "kernel-device": "Triton kernels need CUDA: on a CPU plan the torch fallback runs instead",
     "kernel-model": "a kernel is available for the model's family",
+    "kernel-tp": "the fused linear + cross-entropy needs a whole lm_head (not a vocab-sharded `tp loss` one)",
 }
 
 
@@ -21,6 +22,11 @@ def check(ctx) -> None:
         if choice == "triton" and p["mesh.device"] == "cpu":
             ctx.warn("kernel-device", f"{op} = triton needs CUDA; this plan runs on the CPU, so the torch "
                      f"fallback of {op} runs instead", span, f"write `{op} = auto` to say so, or run on cuda")
+        if op == "fused_ce":
+            loss_rule = next((r for r in p.rules if r.kind == "tp" and r.style == "loss"), None)
+            if loss_rule is not None:
+                ctx.error("kernel-tp", "fused_ce computes the loss from a whole lm_head, but a `tp loss` rule "
+                          "shards it over the vocabulary", span, "drop one: `fused_ce = off`, or the `tp loss` rule")
         if ctx.tree is not None:
             ok = _available(op, ctx.tree.model_type)
             if ok is False:

@@ -11,6 +11,12 @@ RULES = {
     "ep-experts": "num_experts % ep == 0, and `ep` rules match MoE experts modules",
     "ep-rules": "ep > 1 has an `ep` rule, and an `ep` rule has ep > 1",
     "rule-overlap": "no parameter is claimed by two sharding rules",
+    "tp-incomplete": "inside a block with colwise modules, every other weight has a tp rule (rowwise pairs colwise)",
+    "tp-sequence": "`tp sequence` covers every norm on the residual stream, and is not used with MoE experts",
+    "tp-tied": "tied embeddings are not sharded by vocab / loss / colwise head rules",
+    "ep-cover": "`ep` rules cover every experts module (tokens are dispatched in every MoE layer)",
+    "sp-cover": "`sp ulysses` covers every attention module (the sequence is sharded everywhere)",
+    "sp-attention": "Ulysses wraps sdpa or eager attention, not flash_attention_2",
 }
 
 
@@ -97,6 +103,8 @@ def check(ctx) -> None:
         ctx.error("ep-experts", f"ep({ep}) must divide the number of experts ({n_exp})", p.span("mesh.ep"),
                   "choose ep among " + ", ".join(str(x) for x in range(2, n_exp + 1) if n_exp % x == 0))
 
+    _coverage(ctx, tp_rules, sp_rules, ep_rules, n_exp)
+
     # overlaps ----------------------------------------------------------------------------------
     claimed: dict[str, object] = {}
     for rule, names in ctx.rule_modules("tp") + ctx.rule_modules("ep"):
@@ -108,6 +116,79 @@ def check(ctx) -> None:
                               rule.span, "each module takes one tp/ep style")
                     break
                 claimed[q] = rule
+
+
+def _is_norm(tree, name: str) -> bool:
+    return tree.module_types.get(name, "").endswith(("RMSNorm", "LayerNorm", "Norm"))
+
+
+def _coverage(ctx, tp_rules, sp_rules, ep_rules, n_exp) -> None:
+    """Rules that must cover whole classes of modules (the runtime refuses partial coverage)."""
+    p, tree = ctx.plan, ctx.tree
+    tp_mods = {m: r for r, names in ctx.rule_modules("tp") for m in names}
+    colwise = [m for m, r in tp_mods.items() if r.style == "colwise"]
+    if tp_rules and not any(r.options.get("plan") and r.options["plan"].value == "model" for r in tp_rules):
+        parents = {m.rsplit(".", 1)[0] for m in colwise if "." in m}
+        for parent in sorted(parents):
+            for m in tree.modules:
+                if m.startswith(parent + ".") and tree.direct_params.get(m) and m not in tp_mods \
+                        and not _is_norm(tree, m):
+                    rule = tp_mods[next(c for c in colwise if c.startswith(parent + "."))]
+                    ctx.error("tp-incomplete", f"{m!r} keeps whole weights inside {parent!r}, whose other "
+                              "projections are colwise: it would see one rank's shard only", rule.span,
+                              f"add a rule for it, e.g. `tp rowwise \"{_shape(m)}\"`")
+                    return
+    seq = [r for r in tp_rules if r.style == "sequence"]
+    if seq:
+        if n_exp:
+            ctx.error("tp-sequence", "`tp sequence` with MoE experts is not built: experts see whole tokens",
+                      seq[0].span, "drop `tp sequence` (keep colwise/rowwise), or use sp for long sequences")
+        covered = {m for r, names in ctx.rule_modules("tp", "sequence") for m in names}
+        attn = {m for m in tree.modules if tree.module_types.get(m, "").endswith("Attention")}
+        stream = [m for m in tree.modules if _is_norm(tree, m) and not any(m.startswith(a + ".") for a in attn)]
+        missing = [m for m in stream if m not in covered]
+        if missing:
+            ctx.error("tp-sequence", f"`tp sequence` leaves {missing[0]!r} (and {len(missing) - 1} more) whole on "
+                      "the sequence-sharded stream", seq[0].span,
+                      'cover every norm: e.g. `tp sequence "model.layers.*.*_layernorm" "model.norm"`')
+    if tree.tied:
+        tied = {q.rsplit(".", 1)[0] for group in tree.tied for q in group}
+        for r in tp_rules:
+            names = {m for rr, ns in ctx.rule_modules("tp", r.style) if rr is r for m in ns}
+            if r.style in ("vocab", "loss", "colwise") and names & tied:
+                ctx.error("tp-tied", f"{sorted(names & tied)[0]!r} shares its weight with another module "
+                          "(tied embeddings); sharding it one way breaks the other", r.span,
+                          "untie the embeddings in the config (tie_word_embeddings = false), or leave them unsharded")
+                break
+    if ep_rules and n_exp:
+        experts = [m for m in tree.modules if _is_experts_module(tree, m)]
+        covered = {m for _, names in ctx.rule_modules("ep") for m in names}
+        missing = [m for m in experts if m not in covered]
+        if missing:
+            ctx.error("ep-cover", f"`ep` leaves {missing[0]!r} (and {len(missing) - 1} more) unsharded: tokens "
+                      "are dispatched in every MoE layer", ep_rules[0].span, f'cover them all: `ep "{_shape(missing[0])}"`')
+    if sp_rules:
+        attn = [m for m in tree.modules if tree.module_types.get(m, "").endswith("Attention")]
+        covered = {m for _, names in ctx.rule_modules("sp") for m in names}
+        missing = [m for m in attn if m not in covered]
+        if missing:
+            ctx.error("sp-cover", f"`sp ulysses` leaves {missing[0]!r} (and {len(missing) - 1} more) unwrapped: "
+                      "the sequence is sharded for every layer", sp_rules[0].span,
+                      f'cover them all: `sp ulysses "{_shape(missing[0])}"`')
+        if p["model.attention"] == "flash_attention_2":
+            ctx.error("sp-attention", "Ulysses wraps sdpa or eager attention; flash_attention_2 is not built",
+                      p.span("model.attention"), "use attention = sdpa")
+
+
+def _shape(name: str) -> str:
+    import re
+
+    return re.sub(r"(?<=\.)\d+(?=\.|$)", "*", name)
+
+
+def _is_experts_module(tree, name: str) -> bool:
+    params = tree.direct_params.get(name, [])
+    return sum(len(tree.param_shape[q]) == 3 for q in params) >= 2
 
 
 def _is_experts(tree, name: str) -> bool:

@@ -7,6 +7,7 @@ RULES = {
     "fsdp-tied": "tied parameters (e.g. tied embeddings) are not split across FSDP units",
     "checkpoint-nesting": "checkpoint units do not nest (each is a whole block, checkpointed once)",
     "replicate-fsdp": "`replicate` (DDP) and `fsdp` are not used together; replicate needs dp_shard = 1",
+    "dp-sync": "with more than one data-parallel rank, an fsdp or replicate rule keeps gradients in sync",
 }
 
 
@@ -47,6 +48,11 @@ def check(ctx) -> None:
         elif ctx.degrees and ctx.degrees["dp_shard"] > 1:
             ctx.error("replicate-fsdp", f"`replicate` keeps whole copies, but dp_shard is {ctx.degrees['dp_shard']}",
                       rep[0].span, "set dp_replicate to the data-parallel size and dp_shard = 1, or use fsdp")
+    d = ctx.degrees
+    if d and d["dp_replicate"] * d["dp_shard"] * d["sp"] > 1 and not fsdp and not rep:
+        ctx.error("dp-sync", f"{d['dp_replicate'] * d['dp_shard'] * d['sp']} data-parallel ranks, but no rule "
+                  "reduces their gradients: each would train its own model", p.blocks.get("parallelize") or p.span("mesh.dp_shard"),
+                  'add `fsdp "model.layers.*"` (or `replicate` with dp_replicate)')
     ctx.notes.append(f"fsdp units: {len([u for u in units if u])} + root" if fsdp else "fsdp: none")
 
 

@@ -128,7 +128,9 @@ def memory_budget(checked, memory: MemoryEstimate, budget: int) -> list[Diagnost
         help = '`tp loss "lm_head"` keeps the logits sharded over the vocabulary'
     elif biggest in ("activations", "logits"):
         span = plan.span("data.max_len")
-        help = "shorter rows, or Ulysses (`sp`) to split each row's tokens over ranks"
+        sp = ctx.degrees["sp"]
+        help = ("shorter rows, or " + (f"a larger sp (now {sp})" if sp > 1 else "Ulysses (`sp`)")
+                + " to split each row's tokens over more ranks")
     elif biggest == "FSDP buffers" and fsdp_rules:
         span = fsdp_rules[0].span
         help = "smaller FSDP units (shard finer modules) hold less gathered at once"
@@ -138,6 +140,9 @@ def memory_budget(checked, memory: MemoryEstimate, budget: int) -> list[Diagnost
     else:
         span = plan.span("mesh.dp_shard")
         help = "model states shrink with dp_shard * sp (and tp, ep): give the mesh more sharding ranks"
+    if biggest == "logits" and plan.settings.get("kernels.fused_ce") is not None \
+            and plan["kernels.fused_ce"] == "off":
+        help += "; or `kernels { fused_ce = auto }`: the loss in chunks, never the full logits"
     parts = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in groups.items())
     who = ("rank " if len(worst.ranks) == 1 else "ranks ") + fmt_ranks(worst.ranks, 3)
     return [Diagnostic("memory-budget", f"{who} need{'s' * (len(worst.ranks) == 1)} about {fmt_bytes(worst.total)}, over the "

@@ -12,7 +12,8 @@ The paper's GPT layer (16-bit activations, 1-byte dropout masks, MLP of 4h, a he
 `korthikanti` returns exactly those. `layer_terms` rebuilds them term by term so the same
 accounting applies to the layers planc trains (grouped-query attention, SwiGLU or MoE MLPs, no
 dropout, sdpa attention that never stores the s*s scores, Ulysses sequence parallelism); with the
-paper's GPT settings it reduces to the formulas above (tests/test_estimate.py says so).
+paper's GPT settings it reduces to the formulas above, and on transformers' own Llama and Qwen3
+layers it equals the bytes autograd really keeps (tests/test_estimate.py checks both).
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ class LayerShape:
     shared_ffn: int = 0  # an always-on shared expert beside the routed ones
     dropout: bool = False  # attention / residual dropout masks (1 byte per element)
     scores: bool = False  # the attention stores its s x s scores (eager); sdpa/flash does not
+    norm_upcast: bool = False  # RMSNorm computed in fp32, as transformers' Llama/Qwen/Mistral norms
+    qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3)
 
 
 def gpt_shape(h: int, a: int) -> LayerShape:
@@ -63,14 +66,22 @@ def layer_terms(L: LayerShape, s: int, b: int, p: int = 2, *, t: int = 1, seq_tp
     rep = t if seq_tp else 1  # what sits outside the TP region (norms, residual stream, masks)
     hq, hkv = L.heads * L.head_dim, L.kv_heads * L.head_dim
     mask = 1 if L.dropout else 0
+    if L.norm_upcast:
+        # x.float() (kept by pow), rsqrt (one fp32 per token) and the normalised x in the compute
+        # dtype (kept by the weight multiply); the norm's output is the next block's input
+        norms = 2 * (4 * sb * L.h + 4 * sb + p * sb * L.h) / rep
+    else:
+        norms = 2 * p * sb * L.h / rep  # the paper's LayerNorm keeps its input
     terms = {
-        "norm inputs": 2 * p * sb * L.h / rep,
+        "norm inputs": norms,
         "qkv input": p * sb * L.h / rep,
         "q, k": p * sb * (hq + hkv) / t,
         "v": p * sb * hkv / t,
         "attention output": p * sb * hq / t,  # the o_proj input
         "dropout masks": 2 * mask * sb * L.h / rep,
     }
+    if L.qk_norm:  # the same three tensors per head of q and of k, inside the TP region
+        terms["q, k norms"] = (4 * sb * (hq + hkv) + 4 * sb * (L.heads + L.kv_heads) + p * sb * (hq + hkv)) / t
     if L.scores and not selective:
         # softmax output (p), and with dropout its mask (1) and output (p): the paper's 5as^2b
         terms["attention scores"] = (p + (1 + p) * mask) * L.heads * s * sb / t
@@ -94,6 +105,12 @@ def layer_bytes(L: LayerShape, s: int, b: int, p: int = 2, **kw) -> float:
     return sum(layer_terms(L, s, b, p, **kw).values())
 
 
+def rotary_bytes(L: LayerShape, s: int, b: int, p: int = 2, *, u: int = 1) -> float:
+    """cos and sin of the rotary embedding: made once per forward and kept by every layer (the
+    same two tensors), so they count once per model."""
+    return 2 * p * s * b * L.head_dim / u
+
+
 def checkpointed_layer_bytes(L: LayerShape, s: int, b: int, p: int = 2, *, t: int = 1,
                              seq_tp: bool = False, u: int = 1) -> float:
     """What a fully recomputed layer keeps between forward and backward: its input."""
@@ -114,7 +131,10 @@ def shape_of(config, tree=None, layer: int = 0, attention: str = "sdpa") -> Laye
     dropout = bool(g("attention_dropout", "attn_pdrop", "hidden_dropout", "resid_pdrop", default=0.0))
     shared = g("shared_expert_intermediate_size") or (g("n_shared_experts") * g("moe_intermediate_size")
                                                       if g("n_shared_experts") else 0)
+    qk_norm = tree is not None and any(m.startswith(f"model.layers.{layer}.") and m.endswith(".q_norm")
+                                       for m in tree.modules)
     return LayerShape(h=h, heads=heads, kv_heads=kv, head_dim=head_dim,
+                      norm_upcast=getattr(config, "rms_norm_eps", None) is not None, qk_norm=qk_norm,
                       ffn=g("intermediate_size", "n_inner", default=4 * h), gated="gelu" not in act or "glu" in act,
                       experts=experts if moe else 0, top_k=g("num_experts_per_tok", "moe_topk") if moe else 0,
                       expert_ffn=g("moe_intermediate_size") if moe else 0, shared_ffn=shared if moe else 0,

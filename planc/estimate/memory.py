@@ -12,13 +12,13 @@ The rest is the same on every rank:
 - activations: planc.estimate.activations for every decoder layer (a checkpointed layer keeps its
   input, and one layer is recomputed at a time in backward), plus the final norm and head inputs;
 - logits: tokens x (local) vocabulary x (compute bytes + 4 + 4): the logits, their fp32 copy for
-  the cross-entropy and its saved log-softmax.
+  the cross-entropy and its saved log-softmax; with `kernels { fused_ce }` one chunk of them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .activations import checkpointed_layer_bytes, layer_bytes, shape_of
+from .activations import checkpointed_layer_bytes, layer_bytes, rotary_bytes, shape_of
 from .comm import checkpointed_layers, layer_prefixes, workload
 from .shards import param_layouts, states_per_rank, tp_styles, unit_sizes
 
@@ -110,11 +110,20 @@ def shared_parts(ctx, params=None) -> tuple[dict[str, float], dict[str, float], 
             acts += full
     h = tree.config.hidden_size
     rep = t if seq_tp else 1
-    parts["activations"] = acts + peak + 2 * c * w.tokens * h / rep / u
+    rotary = rotary_bytes(shape_of(tree.config, tree, 0, attention), w.seq, w.rows, c, u=u)
+    parts["activations"] = acts + peak + rotary + 2 * c * w.tokens * h / rep / u
     vocab = tree.config.vocab_size
     head_style = styles.get("lm_head")
     v_local = vocab / t if head_style == "loss" else vocab
-    parts["logits"] = w.tokens / u * v_local * (c + 8)
+    tokens = w.tokens / u
+    if plan.settings.get("kernels.fused_ce") is not None and plan["kernels.fused_ce"] != "off":
+        # runtime.kernels.fused_ce: one chunk of logits (and its fp32 work copy) at a time, the
+        # hidden-state gradient kept, the head's gradient accumulated in fp32
+        from runtime.kernels.fused_ce import CHUNK_ELEMENTS
+
+        parts["logits"] = min(tokens * v_local, CHUNK_ELEMENTS) * (c + 4) + tokens * h * c + v_local * h * 4
+    else:
+        parts["logits"] = tokens * v_local * (c + 8)
     if plan["model.attention"] == "eager":
         notes.append("eager attention stores every layer's s x s scores; sdpa does not")
     other = {m for _, mods in ctx.rule_modules("checkpoint") for m in mods} - ckpt

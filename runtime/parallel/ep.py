@@ -27,7 +27,7 @@ import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
@@ -132,11 +132,20 @@ def apply_ep(model: nn.Module, ep_mesh: DeviceMesh, modules: list[str] | None = 
     return model
 
 
-def shard_experts(model: nn.Module, ep_fsdp_mesh: DeviceMesh, modules: list[str] | None = None,
-                  **fsdp_kwargs) -> None:
+def shard_experts(model: nn.Module, ep_fsdp_mesh: DeviceMesh, modules: list[str] | None = None, *,
+                  param_dtype=None, reduce_dtype=None, offload: bool = False, **fsdp_kwargs) -> None:
     """FSDP-shard each experts module over `ep_fsdp_mesh` (after `apply_ep`, before the layers'
     `fully_shard`, which then leaves these parameters alone). Gradients are summed, like the rest
-    of the model (runtime.parallel.fsdp): each expert's gradient already holds every rank's tokens."""
+    of the model (runtime.parallel.fsdp): each expert's gradient already holds every rank's tokens.
+
+    Give the same `param_dtype`/`reduce_dtype`/`offload` as the rest of the model (apply_fsdp):
+    experts are their own FSDP unit, so without them they would keep fp32 weights while bf16
+    activations reach them."""
+    if "mp_policy" in fsdp_kwargs and (param_dtype is not None or reduce_dtype is not None):
+        raise ValueError("shard_experts: give either mp_policy or param_dtype/reduce_dtype, not both")
+    fsdp_kwargs.setdefault("mp_policy", MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype))
+    if offload:
+        fsdp_kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
     for name in experts_modules(model) if modules is None else modules:
         mod = model.get_submodule(name)
         if not isinstance(mod.gate_up_proj, DTensor):

@@ -11,6 +11,7 @@ the data-parallel size, which is exact only for powers of two.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
@@ -44,16 +45,29 @@ def sum_gradients(module: nn.Module) -> None:
             m.set_force_sum_reduction_for_comms(True)
 
 
+def _nothing_to_do(model: nn.Module, mesh: DeviceMesh, param_dtype, offload: bool) -> bool:
+    """True on a world of one process when FSDP would only copy: nothing to shard or reduce, and
+    no compute-dtype cast or offload asked for. Its hooks still cost ~5% of a demo step there
+    (each unit "all-gathered" by a copy per forward and recomputation, DTensor dispatch in
+    AdamW; bench/train_overhead.py). (The reduce dtype only matters to a cross-rank sum.)"""
+    one_process = mesh.size() == 1 and (not dist.is_initialized() or dist.get_world_size() == 1)
+    same_dtype = param_dtype is None or all(p.dtype == param_dtype for p in model.parameters())
+    return one_process and same_dtype and not offload
+
+
 def apply_fsdp(model: nn.Module, mesh: DeviceMesh, patterns, *, reshard_after_forward: bool = True,
                param_dtype=None, reduce_dtype=None, offload: bool = False) -> list[str]:
     """Shard each matched module, then the root; returns the unit names (deepest first).
 
     `param_dtype`/`reduce_dtype` form the MixedPrecisionPolicy (None keeps the parameter dtype).
     `offload` keeps shards and optimizer state in CPU memory (pin_memory only where CUDA exists).
+    A run of one process without a dtype cast or offload is left unwrapped (see `_nothing_to_do`).
     """
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     off = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if offload else OffloadPolicy()
     names = units(model, patterns)
+    if _nothing_to_do(model, mesh, param_dtype, offload):
+        return names
     for name in names:
         fully_shard(model.get_submodule(name), mesh=mesh, reshard_after_forward=reshard_after_forward,
                     mp_policy=mp, offload_policy=off)
