@@ -182,8 +182,8 @@ def launch(script: Path, nproc: int, args, log: Path) -> None:
                str(script), *map(str, args)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     log.write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}); see {log}:\n{proc.stderr[-3000:]}")
+    if proc.returncode != 0:  # the log lives in a temporary folder: show its end here
+        raise SystemExit(f"error: {' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
 
 
 def run_framework(nproc: int, total: int, work: Path) -> list[dict]:

@@ -86,6 +86,22 @@ class Plan:
 _PLAN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 
 
+def _shadows_a_module(name: str) -> bool:
+    """A script named like an importable module (json, torch, runtime, ...) would be imported in its
+    place by the script itself."""
+    import importlib.util
+    import sys
+
+    if not name.isidentifier():
+        return False  # `llama3-70b` can never be imported
+    if name in sys.stdlib_module_names:
+        return True
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 class _Resolver:
     def __init__(self, doc: Document):
         self.doc = doc
@@ -136,6 +152,11 @@ class _Resolver:
         if not _PLAN_NAME.fullmatch(name):
             self.err("plan-name", f"plan name {name!r} cannot be a file name", st.args[0].span,
                      "use letters, digits, `_`, `-` and `.` (it becomes generated/NAME.py)")
+            return
+        if _shadows_a_module(name):
+            self.err("plan-name", f"generated/{name}.py would shadow the module `{name}` that the script imports "
+                     "(a script's own folder comes first on sys.path)", st.args[0].span,
+                     f'rename the plan, e.g. `plan "{name}-run"`')
             return
         self.plan.name = name
 

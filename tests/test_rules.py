@@ -23,6 +23,7 @@ def _check(ws, text, world=None, name="plan.veo"):
 CASES = {
     "syntax": ([("device = cpu }", "device = cpu")], "{ dp_shard", "error", None),
     "plan-name": ([('plan "base"', 'plan "a b"')], '"a b"', "error", None),
+    "plan-name-shadow": ([('plan "base"', 'plan "triton"')], '"triton"', "error", None),
     "unknown-block": ([("mesh {", "meshh {")], "meshh", "error", None),
     "duplicate-block": ([("checkpoint { dir", "mesh { tp = 1 }\ncheckpoint { dir")], "mesh { tp", "error", None),
     "missing-block": ([("train {\n", "trainx {\n")], '"base"', "error", None),
@@ -105,7 +106,7 @@ def test_rule(ws, rule):
         assert old in text, f"edit for {rule} does not apply: {old!r}"
         text = text.replace(old, new, 1)
     checked, text = _check(ws, text, world, name=f"{rule}.veo")
-    hits = [d for d in checked.diagnostics if d.rule == rule]
+    hits = [d for d in checked.diagnostics if d.rule == rule.replace("-shadow", "")]
     assert hits, f"{rule} not reported; got {[(d.rule, d.message) for d in checked.diagnostics]}"
     d = hits[0]
     assert d.severity == severity

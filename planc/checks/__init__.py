@@ -68,7 +68,7 @@ def all_rules() -> dict[str, str]:
     rules = {
         "syntax": "the plan parses (strings, numbers, braces, lists)",
         "plan-file": "the plan file can be read",
-        "plan-name": "`plan \"NAME\"` comes first and NAME can name a file",
+        "plan-name": "`plan \"NAME\"` comes first; NAME can name a file and does not shadow an importable module",
         "unknown-block": "blocks are model, mesh, parallelize, data, train, checkpoint, kernels",
         "duplicate-block": "each block appears once",
         "missing-block": "model, data and train are present",
