@@ -107,9 +107,12 @@ PARALLELIZE = BlockSpec("parallelize", "rules over module-name globs", stmts=Map
     "checkpoint": StmtSpec("checkpoint", "activation checkpointing per matching module", "globs"),
     "compile": StmtSpec("compile", "torch.compile per matching module", "globs"),
     "tp": StmtSpec("tp", "tensor-parallel style over modules", "style+globs", TP_STYLES,
-                   options=_keys(Key("plan", "enum", None, "take the config's base_model_tp_plan",
+                   options=_keys(Key("plan", "enum", None, "model: the config's base_model_tp_plan; "
+                                     "megatron / megatron_sp: named rule sets (planc/tp_sets.py)",
+                                     choices=("model", "megatron", "megatron_sp")))),
+    "ep": StmtSpec("ep", "expert parallelism over MoE experts modules", "globs",
+                   options=_keys(Key("plan", "enum", None, "model: the experts of the config's base_model_ep_plan",
                                      choices=("model",)))),
-    "ep": StmtSpec("ep", "expert parallelism over MoE experts modules", "globs"),
     "sp": StmtSpec("sp", "Ulysses sequence parallelism over attention modules", "style+globs", ("ulysses",)),
 }))
 

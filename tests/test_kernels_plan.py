@@ -93,7 +93,7 @@ def test_torch_kernels_train_like_the_unfused_model(compile_plan, python_run, pl
 def test_triton_kernels_under_the_interpreter(compile_plan, python_run, plain, tmp_path, monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # run_python hands this process's environment on
-    script, checked = compile_plan("triton", "triton")
+    script, checked = compile_plan("with-triton", "triton")  # a plan named `triton` would shadow the package
     # a CPU plan asking for triton is told what runs instead (a warning, not an error)
     assert {d.rule for d in checked.diagnostics if d.severity == "warning"} >= {"kernel-device"}
     got, out = run(python_run, script, tmp_path, 2)

@@ -1,0 +1,36 @@
+"""Named rule sets for the standard decoder families, so a real plan stays one line:
+
+    tp plan = megatron      # q/k/v and gate/up colwise, o and down rowwise
+    tp plan = megatron_sp   # the same, plus sequence-parallel norms, vocab-parallel embedding and a
+                            # loss-parallel lm_head (Megatron's sequence parallelism)
+    ep plan = model         # every experts module the config's own base_model_ep_plan names
+
+The checker expands them into ordinary rules on the plan's line, so every rule check applies and
+the generated script spells each style out with its modules.
+"""
+from __future__ import annotations
+
+ATTENTION = {"colwise": ["model.layers.*.self_attn.{q,k,v}_proj"], "rowwise": ["model.layers.*.self_attn.o_proj"]}
+DENSE_MLP = {"colwise": ["model.layers.*.mlp.{gate,up}_proj"], "rowwise": ["model.layers.*.mlp.down_proj"]}
+SEQUENCE = {"sequence": ["model.layers.*.{input,post_attention}_layernorm", "model.norm"],
+            "vocab": ["model.embed_tokens"], "loss": ["lm_head"]}
+# the HF decoder families whose module names these globs follow
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "mixtral", "gemma")
+NAMED = ("megatron", "megatron_sp")
+
+
+def tp_set(name: str, matches) -> list[tuple[str, list[str]]]:
+    """[(style, globs)] of a named set; `matches(glob)` drops globs the model does not have (an MoE
+    model has no dense MLP projections: its experts go to `ep`)."""
+    parts = [ATTENTION, DENSE_MLP] + ([SEQUENCE] if name == "megatron_sp" else [])
+    out: dict[str, list[str]] = {}
+    for part in parts:
+        for style, globs in part.items():
+            out.setdefault(style, []).extend(g for g in globs if matches(g))
+    return [(style, globs) for style, globs in out.items() if globs]
+
+
+def ep_globs(config) -> list[str]:
+    """The experts modules of the config's own expert-parallel plan, as globs over the whole model."""
+    plan = getattr(config, "base_model_ep_plan", None) or {}
+    return [f"model.{k}" for k, v in plan.items() if v == "ep_dispatch_experts"]
