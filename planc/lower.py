@@ -104,8 +104,7 @@ class _Lowering:
             self.add("train.min_lr")
         for k in ("train.clip", "train.seed", "train.log_every"):
             self.add(k)
-        moe_aux = _moe_aux_coef(ctx.tree.config) is not None and "fused_ce" not in {
-            op for op in KERNELS.keys if "kernels" in p.blocks and p[f"kernels.{op}"] != "off"}
+        moe_aux = _moe_aux_coef(ctx.tree.config) is not None
         if moe_aux:
             coef = p["train.moe_aux_loss"]
             self.add("train.moe_aux_loss", _moe_aux_coef(ctx.tree.config) if coef is None else coef,

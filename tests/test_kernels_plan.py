@@ -36,18 +36,19 @@ train {{
 OPS = ("rmsnorm", "swiglu", "rotary", "fused_ce")
 
 
-def kernels_block(impl):
-    return "kernels { " + "  ".join(f"{op} = {impl}" for op in OPS) + " }" if impl else ""
+def kernels_block(impl, ops=OPS):
+    return "kernels { " + "  ".join(f"{op} = {impl}" for op in ops) + " }" if impl else ""
 
 
 @pytest.fixture(scope="module")
 def compile_plan(tmp_path_factory, demo_assets, small_corpus, tiny_llama):
     d = tmp_path_factory.mktemp("kernels_plan")
 
-    def make(name, impl):
+    def make(name, impl, config=tiny_llama, ops=OPS, train_extra=""):
         plan = d / f"{name}.veo"
-        plan.write_text(PLAN.format(name=name, config=tiny_llama, corpus=small_corpus,
-                                    tokenizer=demo_assets["tokenizer"], kernels=kernels_block(impl)))
+        text = PLAN.format(name=name, config=config, corpus=small_corpus,
+                           tokenizer=demo_assets["tokenizer"], kernels=kernels_block(impl, ops))
+        plan.write_text(text.replace("schedule = constant", f"schedule = constant  {train_extra}"))
         checked = check_file(str(plan))
         assert checked.ok, [str(x) for x in checked.diagnostics]
         script = d / f"train_{name}.py"  # not triton.py: the script's folder comes first on sys.path
@@ -99,3 +100,20 @@ def test_triton_kernels_under_the_interpreter(compile_plan, python_run, plain, t
     got, out = run(python_run, script, tmp_path, 2)
     assert "kernels: {'rmsnorm': 'triton', 'swiglu': 'triton', 'rotary': 'triton', 'fused_ce': 'triton'}" in out
     assert_same_training(got, plain, 2)
+
+
+def test_moe_plan_with_fused_loss_keeps_the_router_loss(compile_plan, python_run, tmp_path, repo_root):
+    """With fused_ce the model returns no logits, but the MoE load-balancing loss still joins the
+    backward: the tiny Qwen3-MoE with fused_ce + grouped experts trains like the plain plan, both
+    with a router-loss weight (0.5) large enough that dropping it would move the gradient norm."""
+    config = repo_root / "plans/models/tiny-qwen3-moe"
+    aux = "moe_aux_loss = 0.5"
+    plain_script, _ = compile_plan("moe-plain", None, config=config, train_extra=aux)
+    fused_script, _ = compile_plan("moe-fused", "torch", config=config, ops=("fused_ce", "moe"), train_extra=aux)
+    for script in (plain_script, fused_script):
+        assert "cfg.train.moe_aux_loss" in script.read_text()
+    assert "fused_lm_loss_sum(model, batch, with_aux_loss=True)" in fused_script.read_text()
+    ref, _ = run(python_run, plain_script, tmp_path / "plain", 2)
+    got, out = run(python_run, fused_script, tmp_path / "fused", 2)
+    assert "kernels: {'fused_ce': 'torch', 'moe': 'torch'}" in out
+    assert_same_training(got, ref, 2)

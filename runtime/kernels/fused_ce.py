@@ -158,7 +158,7 @@ def _targets(batch: dict, labels_shifted: bool, ignore_index: int) -> torch.Tens
 
 def fused_lm_loss_sum(model, batch: dict, impl: str | None = None, *, labels_shifted: bool = True,
                       ignore_index: int = -100, label_smoothing: float = 0.0,
-                      chunk_size: int | None = None) -> torch.Tensor:
+                      chunk_size: int | None = None, with_aux_loss: bool = False):
     """Sum over target tokens of the causal-LM cross-entropy of `batch`, without full logits.
 
     A drop-in for runtime.loss.lm_loss_sum: batch["labels"] are aligned with the positions
@@ -172,6 +172,9 @@ def fused_lm_loss_sum(model, batch: dict, impl: str | None = None, *, labels_shi
     exactly inside that forward, and FSDP's hooks see the loss as the head's output. The model
     must hand the head's output through unchanged as `logits` (no softcapping or scaling); that is
     checked. Tensor-parallel (vocab-sharded) heads are refused.
+
+    with_aux_loss=True asks an MoE model for its router logits and returns (loss_sum, aux_loss):
+    the load-balancing loss is computed by the model from the router, not from the logits.
     """
     impl = impl or getattr(model, "_planc_fused_ce", "auto")
     head = model.get_output_embeddings()
@@ -190,11 +193,16 @@ def fused_lm_loss_sum(model, batch: dict, impl: str | None = None, *, labels_shi
 
     head.forward = head_loss  # instance attribute: shadows the class forward for this call only
     try:
-        out = model(**inputs, use_cache=False)
+        out = model(**inputs, use_cache=False, **({"output_router_logits": True} if with_aux_loss else {}))
     finally:
         del head.forward
     logits = out["logits"] if isinstance(out, dict) else out[0]
     if "loss" not in box or logits is not box["loss"]:
         raise RuntimeError(f"{type(model).__name__} does not return its output head's result as logits "
                            "unchanged (softcapping or scaling?); fused_ce cannot be used with it")
+    if with_aux_loss:
+        aux = out.get("aux_loss") if isinstance(out, dict) else getattr(out, "aux_loss", None)
+        if aux is None:
+            raise RuntimeError(f"{type(model).__name__} returned no aux_loss with output_router_logits=True")
+        return box["loss"], aux
     return box["loss"]

@@ -9,7 +9,8 @@ tensors) and switches the model to the ``"ep"`` implementation registered here, 
 
 1. sorts this rank's (token, expert) pairs by expert, so each destination rank gets one block;
 2. swaps per-rank counts, then the tokens, with an all-to-all of uneven splits (autograd-aware);
-3. runs its local experts on what it received, sorted by local expert;
+3. runs its local experts on what it received, sorted by local expert, as grouped GEMMs
+   (`runtime.kernels.moe.expert_mlp_sorted`: Triton or torch, as the plan's kernels block says);
 4. sends the results back the same way, un-sorts, weights them and sums over the top-k.
 
 The router, its top-k and the load-balancing loss are the model's own code, untouched; a
@@ -24,13 +25,13 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
+from runtime.kernels.moe import expert_mlp_sorted
 from runtime.parallel.fsdp import sum_gradients
 
 __all__ = ["EP_IMPLEMENTATION", "experts_modules", "apply_ep", "ep_experts_forward", "shard_experts"]
@@ -82,9 +83,10 @@ def ep_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index
     # 3. Received rows come per source rank; regroup them per local expert and compute.
     local_ids = torch.arange(local_experts, device=counts.device).repeat(ep).repeat_interleave(recv_counts)
     by_expert = torch.argsort(local_ids, stable=True)
-    rows = received[by_expert].split(recv_counts.view(ep, local_experts).sum(0).tolist())
-    outs = [F.linear(self._apply_gate(F.linear(x, w_up[e])), w_down[e]) for e, x in enumerate(rows)]
-    computed = torch.cat(outs)[torch.argsort(by_expert)]
+    # One grouped GEMM per projection over all local experts (the plan's `kernels { moe }` choice).
+    group_sizes = recv_counts.view(ep, local_experts).sum(0)
+    computed = expert_mlp_sorted(self, received[by_expert], group_sizes, getattr(self, "_planc_moe", "torch"),
+                                 weights=(w_up, w_down))[torch.argsort(by_expert)]
 
     # 4. Back to the ranks the rows came from, back to (token, k) order, weighted sum over k.
     returned = funcol.all_to_all_single(computed.contiguous(), send_splits, recv_splits, group)
