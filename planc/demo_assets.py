@@ -13,7 +13,13 @@ import os
 import shutil
 import sys
 import sysconfig
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (concurrent first runs would race)
+    fcntl = None
 
 VOCAB_SIZE = 4096
 # Ids must match plans/models/tiny-llama/config.json (pad 0, bos 1, eos 2). The two ChatML markers
@@ -155,19 +161,32 @@ def train_tokenizer(jsonl: Path, out: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def _locked(path: Path):
+    with open(path, "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def make_demo_assets(out_dir: str | Path = "data/demo") -> dict[str, str]:
     """Create (or reuse when present and valid) the demo corpus and tokenizer; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jsonl, tok_dir = out / "stdlib.jsonl", out / "tokenizer"
-    rebuilt = not _jsonl_valid(jsonl)
-    if rebuilt:
-        write_stdlib_jsonl(jsonl)
-    if rebuilt or not _tokenizer_valid(tok_dir):
-        train_tokenizer(jsonl, tok_dir)
     chat = out / "stdlib_chat.jsonl"
-    if rebuilt or not chat.exists():
-        write_stdlib_chat(chat)
+    with _locked(out / ".lock"):  # two processes making the same assets: one writes, one waits
+        rebuilt = not _jsonl_valid(jsonl)
+        if rebuilt:
+            write_stdlib_jsonl(jsonl)
+        if rebuilt or not _tokenizer_valid(tok_dir):
+            train_tokenizer(jsonl, tok_dir)
+        if rebuilt or not chat.exists():
+            write_stdlib_chat(chat)
     return {"dir": str(out), "jsonl": str(jsonl), "tokenizer": str(tok_dir), "chat": str(chat)}
 
 

@@ -25,7 +25,7 @@ def test_triton_kernels_under_interpreter():
         pytest.skip("already the interpreter process")
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS.parent), str(TESTS), env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "triton",
+    cmd = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-k", "triton",
            str(TESTS / "test_kernels_ops.py"), str(TESTS / "test_kernels_models.py")]
     proc = subprocess.run(cmd, cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=600)
     tail = proc.stdout[-6000:] + proc.stderr[-3000:]

@@ -1,6 +1,7 @@
 """Checkpoints reshard across layouts: a DCP checkpoint saved by FSDP2 x TP on 4 ranks resumes in a
 one-process script with no parallel code at all, with identical weights, and training continues
-with the losses the 4-rank run goes on to get; the HF export of the TP layout loads on one process."""
+with the losses the 4-rank run got for the same steps; the HF export of the TP layout loads on one
+process."""
 from __future__ import annotations
 
 import json
@@ -45,21 +46,18 @@ def runs(tmp_path_factory, demo_assets, small_corpus, python_run):
               "--train.warmup", "0"]
     a, b, c = tmp / "a", tmp / "b", tmp / "c"
     tp_layout = ["--mesh.dp_shard", "2", "--mesh.tp", "2"]
-    # A: FSDP2 x TP on 4 ranks, 3 steps, checkpoint + HF export at step 3
-    torchrun(layout, 4, [*common, *tp_layout, "--train.steps", "3", "--checkpoint.every", "3",
-                         "--checkpoint.dir", a, "--train.output", a], log_dir=tmp / "logs_a")
-    # B: one plain process resumes A's step 3 and exports at once (no step left to train)
-    python_run(reference, [*common, "--resume", a / "step_3", "--train.steps", "3",
+    # A: FSDP2 x TP on 4 ranks, 5 steps, checkpoints at steps 3 and 5, HF export at the end
+    torchrun(layout, 4, [*common, *tp_layout, "--train.steps", "5", "--checkpoint.every", "3",
+                         "--checkpoint.keep", "2", "--checkpoint.dir", a, "--train.output", a],
+             log_dir=tmp / "logs_a")
+    # B: one plain process resumes A's step 5 and exports at once (no step left to train)
+    python_run(reference, [*common, "--resume", a / "step_5", "--train.steps", "5",
                            "--checkpoint.dir", b, "--train.output", b], log_dir=tmp / "logs_b")
-    # C: one plain process resumes A's step 3 and trains steps 4-5
+    # C: one plain process resumes A's step 3 and trains steps 4-5, which A trained on 4 ranks
     python_run(reference, [*common, "--resume", a / "step_3", "--train.steps", "5", "--checkpoint.every", "5",
                            "--checkpoint.dir", c, "--train.output", c, "--checkpoint.export", "none"],
                log_dir=tmp / "logs_c")
     hf_a = {k: v.clone() for k, v in _hf_weights(a / "hf").items()}
-    # D: the 4-rank run itself goes on from its own step 3
-    torchrun(layout, 4, [*common, *tp_layout, "--train.steps", "5", "--checkpoint.every", "5",
-                         "--checkpoint.dir", a, "--train.output", a, "--checkpoint.export", "none",
-                         "--resume", "auto"], log_dir=tmp / "logs_d")
     return {"a": a, "b": b, "c": c, "hf_a": hf_a}
 
 

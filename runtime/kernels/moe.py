@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 
 from .backend import check_impl, triton_module
 from .swiglu import ACTIVATIONS, act_and_mul
@@ -33,7 +34,9 @@ def grouped_mm_reference(x_sorted, weights, group_sizes):
     """One torch.mm per group; rows past the last group are zero. Differentiable by autograd."""
     pieces, start = [], 0
     for e, size in enumerate(group_sizes.tolist()):
-        pieces.append(x_sorted[start:start + size] @ weights[e])
+        # F.linear on the (out, in) view: for HF's (E, out, in) experts this is the very product,
+        # and the very backward, of transformers' own per-expert loop, so the result is bitwise equal.
+        pieces.append(F.linear(x_sorted[start:start + size], weights[e].mT))
         start += size
     if start > x_sorted.shape[0]:
         raise ValueError(f"group sizes add up to {start} rows but x has {x_sorted.shape[0]}")
@@ -93,13 +96,14 @@ def _gate(experts, h, impl):
     return act_and_mul(h[..., :inter], h[..., inter:], activation, impl)
 
 
-def expert_mlp_sorted(experts, x_sorted, group_sizes, impl: str = "torch", weights=None):
+def expert_mlp_sorted(experts, x_sorted, group_sizes, impl: str = "torch", weights=None, fused_gate: bool = True):
     """The experts' MLP on tokens already sorted by (local) expert: up (and gate), act, down.
 
     `experts` is a transformers 5 experts module (gate_up_proj / up_proj, down_proj, optional
     biases, activation). `weights` = (up, down) replaces its parameters, in the module's own
     layout: expert parallelism passes the local shards of its DTensors. Rows after the last group
-    (sentinels) give zeros. Routing weights are not applied.
+    (sentinels) give zeros. Routing weights are not applied. fused_gate=False keeps the module's
+    own gate function (`_apply_gate`), as a model without a `kernels { moe }` choice computes it.
     """
     has_gate = getattr(experts, "has_gate", True)
     up_name = "gate_up_proj" if has_gate else "up_proj"
@@ -116,7 +120,10 @@ def expert_mlp_sorted(experts, x_sorted, group_sizes, impl: str = "torch", weigh
     h = grouped_mm(x_sorted, _as_kn(experts, w_up), group_sizes, impl)
     if expert_ids is not None:
         h = h + getattr(experts, f"{up_name}_bias")[expert_ids]
-    h = _gate(experts, h, impl) if has_gate else experts.act_fn(h)
+    if not has_gate:
+        h = experts.act_fn(h)
+    else:
+        h = _gate(experts, h, impl) if fused_gate else experts._apply_gate(h)
     out = grouped_mm(h, _as_kn(experts, w_down), group_sizes, impl)
     if expert_ids is not None:
         out = (out + experts.down_proj_bias[expert_ids]).masked_fill(sentinel[:, None], 0.0)

@@ -83,10 +83,12 @@ def ep_experts_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_index
     # 3. Received rows come per source rank; regroup them per local expert and compute.
     local_ids = torch.arange(local_experts, device=counts.device).repeat(ep).repeat_interleave(recv_counts)
     by_expert = torch.argsort(local_ids, stable=True)
-    # One grouped GEMM per projection over all local experts (the plan's `kernels { moe }` choice).
+    # One grouped GEMM per projection over all local experts: the plan's `kernels { moe }` choice,
+    # else the torch path with the model's own gate function.
     group_sizes = recv_counts.view(ep, local_experts).sum(0)
-    computed = expert_mlp_sorted(self, received[by_expert], group_sizes, getattr(self, "_planc_moe", "torch"),
-                                 weights=(w_up, w_down))[torch.argsort(by_expert)]
+    impl = getattr(self, "_planc_moe", None)
+    computed = expert_mlp_sorted(self, received[by_expert], group_sizes, impl or "torch", weights=(w_up, w_down),
+                                 fused_gate=impl is not None)[torch.argsort(by_expert)]
 
     # 4. Back to the ranks the rows came from, back to (token, k) order, weighted sum over k.
     returned = funcol.all_to_all_single(computed.contiguous(), send_splits, recv_splits, group)
