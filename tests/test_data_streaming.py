@@ -109,3 +109,28 @@ def test_streaming_sft_bad_records_are_counted_as_they_stream(files, tok, tmp_pa
     assert ld.tally() == {"chat": {"no assistant turn": 1}}
     assert any(f"{path}:11" in m for m in logs)
     assert any("epoch 1 done" in m and "no assistant turn x1" in m for m in logs)
+
+
+def test_streaming_bad_record_counts_survive_a_resume(files, tok):
+    """The end-of-epoch tally of a streaming source is whole after a resume: the counts made before
+    the checkpoint travel in the loader state (records are not re-read to count them again)."""
+    kw = dict(max_len=96, pack="greedy", micro_batch=2, grad_accum=1, shuffle_buffer=4, **QUIET)
+    src = [Source(name="code", path=str(files["code"]), streaming=True)]
+    whole = build_loader(src, tok, **kw)
+    it = iter(whole)
+    while whole.epoch == 0:
+        next(it)
+    assert whole.tally() == {"code": {"empty text": 1, "unreadable record": 1}}, whole.tally()
+
+    for stop in (3, 8, 20):  # the first bad record is counted in step 1, the second later
+        first = build_loader(src, tok, **kw)
+        it = iter(first)
+        for _ in range(stop):
+            next(it)
+        assert first.epoch == 0 and first.bad_records.total() >= 1
+        resumed = build_loader(src, tok, **kw)
+        resumed.load_state_dict(first.state_dict())  # applied when iteration starts
+        it = iter(resumed)
+        while resumed.epoch == 0:
+            next(it)
+        assert resumed.tally() == whole.tally(), stop

@@ -8,7 +8,8 @@ record read. Emitted records are checked and tokenised in small blocks.
 The shuffle depends only on the seeded generator and the number of records, never on their
 content, so the state is small: records read, the indices of the records held in the buffer or
 waiting as documents, and the generator state. Resuming re-reads (but does not re-tokenise) the
-rank's share up to the saved position to refill the buffer. A document id packs
+rank's share up to the saved position to refill the buffer; the rank's bad-record counts for the
+source travel with the state, so the epoch's tally is whole after a resume. A document id packs
 (epoch, record index, chunk) into one int.
 """
 from __future__ import annotations
@@ -110,7 +111,10 @@ class StreamOrder:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "consumed": self.consumed, "exhausted": self.exhausted,
                 "buffer": [r.index for r in self.buffer], "pending": list(self.pending),
-                "rng": self.rng.bit_generator.state}
+                "rng": self.rng.bit_generator.state,
+                # this rank's bad-record counts for the source, so the end-of-epoch tally survives a resume
+                "bad": [[reason, n] for (src, reason), n in sorted(self.maker.bad.counts.items())
+                        if src == self.source.name]}
 
     def load_state_dict(self, sd: dict, needed_docs=()) -> None:
         """Restore, re-making the documents in `needed_docs` (those the batcher still holds)."""
@@ -148,3 +152,5 @@ class StreamOrder:
         finally:
             self.maker.bad = loud
         self.pending = [int(d) for d in sd["pending"]]
+        for reason, n in sd.get("bad", []):  # absent in checkpoints written before counts were kept
+            self.maker.bad.counts[(self.source.name, reason)] = int(n)
