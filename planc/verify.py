@@ -12,6 +12,8 @@
 5. Per-step losses and gradient norms are compared side by side. Exit 0 when the worst relative
    difference of both is within --tolerance, 1 when not (or when a run fails: the failing rank's
    log is shown), 2 when the plan is invalid.
+6. When the plan exports (`export = hf`), each layout's export is loaded with `from_pretrained` on
+   one process and must equal, bit for bit, the weights of that layout's last DCP checkpoint.
 """
 from __future__ import annotations
 
@@ -317,8 +319,9 @@ def run_changes(ir: ScriptIR, plan, layouts: list[dict], steps: int) -> tuple[di
     for k in ("train.param_dtype", "train.reduce_dtype"):
         if k in keys:
             c[k] = "fp32"
-    if ir.checkpoint:
-        c.update({"checkpoint.every": steps, "checkpoint.keep": 1, "checkpoint.export": "none"})
+    if ir.checkpoint:  # an export the plan asks for is made and checked too
+        c.update({"checkpoint.every": steps, "checkpoint.keep": 1,
+                  "checkpoint.export": "hf" if plan["checkpoint.export"] == "hf" else "none"})
     notes = [f"fp32 on cpu, {steps} steps, global batch {global_batch} "
              f"{'micro-batches of up to ' + str(2 * max_len) + ' tokens' if dynamic else f'rows of {max_len} tokens'}"
              f", micro-batch {micro}, warmup 0 (the plan's lr {plan['train.lr']:g} from step 1)"]
@@ -443,6 +446,34 @@ def compare(run: dict, ref: dict) -> dict:
     bad = [x for x in loss + norm if not math.isfinite(x)]
     return {"loss_rel": loss, "grad_norm_rel": norm, "worst_loss_rel": max(loss) if not bad else math.inf,
             "worst_grad_norm_rel": max(norm) if not bad else math.inf}
+
+
+def check_export(run_dir: Path) -> dict:
+    """The layout's HF export loaded as a user would (`from_pretrained`, one process) against the
+    model weights of the layout's own last DCP checkpoint, read back without any process group:
+    missing or unexpected names, and tensors that are not bitwise equal.
+
+    (Not against the one-process run's weights: after a few AdamW steps those differ by more than
+    the loss does, wherever a gradient is too small to rise above rounding: Adam normalises it.)"""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    ckpts = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    flat = run_dir / "last_checkpoint.pt"
+    dcp_to_torch_save(ckpts[-1], flat)
+    saved = torch.load(flat, weights_only=False)["model"]
+    flat.unlink()
+    model, info = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / "hf", output_loading_info=True)
+    state = model.state_dict()
+    problems = [f"{kind}: {names[:3]}" for kind, names in (("missing", sorted(info["missing_keys"])),
+                                                          ("unexpected", sorted(info["unexpected_keys"]))) if names]
+    problems += [f"not loaded: {k}" for k in sorted(set(saved) - set(state))[:3]]
+    problems += [f"{k}: differs from the checkpoint" for k in sorted(set(saved) & set(state))
+                 if not torch.equal(state[k], saved[k].to(state[k].dtype))][:3]
+    return {"tensors": len(saved), "problems": problems, "checkpoint": ckpts[-1].name}
 
 
 def table(run: dict, ref: dict, cmp: dict, nproc: int) -> str:
@@ -572,6 +603,15 @@ def _run_all(args, ir: ScriptIR, plan, degrees: dict, layouts: list[dict], notes
         print(f"  worst relative difference: loss {cmp['worst_loss_rel']:.1e}, grad norm "
               f"{cmp['worst_grad_norm_rel']:.1e} (tolerance {args.tolerance:g}): "
               f"{'OK' if good else 'FAILED'}" + (f"; {speed}" if speed else ""))
+        if (Path(r["run_dir"]) / "checkpoints" / "hf").is_dir():
+            ex = check_export(Path(r["run_dir"]))
+            r["export"] = ex
+            if ex["problems"]:
+                ok = False
+                problems.append(f"the HF export of {r['label']} does not hold its trained weights")
+            print(f"  HF export: loads with from_pretrained on one process; its {ex['tensors']} tensors "
+                  f"{'equal' if not ex['problems'] else 'DIFFER from'} the layout's {ex['checkpoint']} "
+                  f"checkpoint" + "".join(f"\n    {p}" for p in ex["problems"]))
     _write_json(args, plan, results, ref, failed=not ok)
     verdict = "trains like one process in every layout run" if ok else "; ".join(problems)
     print(f"\n{'OK' if ok else 'FAILED'}: {plan.name}: {verdict} (tolerance {args.tolerance:g}, "

@@ -8,7 +8,8 @@ One `planc verify` per plan; the layouts of a plan share its reference run:
     qwen3-moe-ep   EP=2 (2), FSDP4 x EP=2 (4)            experts by all-to-all, FSDP over the rest
     qwen3-3d       FSDP x SP=2 x TP=2 (4)                the plan wants 8 processes: verify's sub-layout
 Every step's loss AND gradient norm must be within 1e-5 relative of one process (a loss alone can
-miss a wrong gradient for a few steps). tests/test_verify.py shows that the same check fails on a
+miss a wrong gradient for a few steps), and each layout's HF export must load with from_pretrained
+on one process and equal, bit for bit, the weights of the layout's last DCP checkpoint. tests/test_verify.py shows that the same check fails on a
 perturbed layout.
 """
 from __future__ import annotations
@@ -81,6 +82,8 @@ def test_layout_matches_one_process(verified, plan, name, layout, expect, nproc)
     assert ref["losses"][-1] < ref["losses"][0]  # the weights moved: later steps compare trained models
     assert r["worst_loss_rel"] <= TOL and r["worst_grad_norm_rel"] <= TOL, proc.stdout
     assert r["ok"] and proc.returncode == 0, proc.stdout + proc.stderr
+    # the layout's HF export loads with from_pretrained on one process and holds its trained weights
+    assert r["export"]["problems"] == [] and r["export"]["tensors"] > 0, r["export"]
     # The layout ran on the mesh asked for (rank 0 logs it at start-up).
     rank0 = next((r_dir for r_dir in (REPO / r["run_dir"]).rglob("attempt_0/0/stdout.log")), None)
     assert rank0 is not None

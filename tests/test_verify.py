@@ -192,3 +192,36 @@ def test_verify_fails_on_a_perturbed_layout(tmp_path, demo_assets):
     assert not result["ok"] and not run["ok"]
     # each sp rank saw about half the targets, so the reported loss is about twice the reference's
     assert run["worst_loss_rel"] > 0.5 and math.isfinite(run["worst_loss_rel"]), run
+
+
+# --- the export check ----------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_check_export_catches_an_export_that_is_not_the_trained_model(tmp_path, tiny_llama):
+    """`check_export` loads the export with from_pretrained and compares it with the run's last DCP
+    checkpoint bit for bit: an export equal to it passes, one changed tensor or a lost one fails."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from planc.verify import check_export
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_llama))
+    run = tmp_path / "run"
+    dcp.save({"model": model.state_dict()}, checkpoint_id=str(run / "checkpoints" / "step_3"))
+    model.save_pretrained(run / "checkpoints" / "hf")
+    good = check_export(run)
+    assert good["problems"] == [] and good["checkpoint"] == "step_3" and good["tensors"] == len(model.state_dict())
+
+    weights = run / "checkpoints" / "hf" / "model.safetensors"
+    tensors = load_file(weights)
+    tensors["model.norm.weight"] = tensors["model.norm.weight"] + 1e-6  # one tensor off by a hair
+    save_file(tensors, weights, metadata={"format": "pt"})
+    assert check_export(run)["problems"] == ["model.norm.weight: differs from the checkpoint"]
+
+    del tensors["model.norm.weight"]  # and one lost
+    save_file(tensors, weights, metadata={"format": "pt"})
+    problems = check_export(run)["problems"]
+    assert any(p.startswith("missing") and "model.norm.weight" in p for p in problems), problems
