@@ -142,3 +142,18 @@ def test_checks_report_unusable_sources_and_estimate_the_mixture(files, tok, tmp
     assert sum(p["tokens_per_step"] for p in est["sources"]) == pytest.approx(1024)
     assert 0 < est["target_tokens_per_step"] < 1024
     assert "share  75.0%" in format_estimate(est)
+
+
+def test_rank_shares_of_json_lines_partition_the_records(tmp_path):
+    """Each rank parses only its own lines, yet the shares are exactly the records of one reader,
+    by index, with the same places and the same errors (bad and blank lines included)."""
+    lines = [json.dumps({"text": t}) for t in TEXTS] + ["{broken", "", json.dumps({"text": "last"})]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    src = Source(name="m", path=str(path))
+    whole = [(r.index, r.where, r.value, r.error) for r in read_records(src)]
+    for world in (2, 3):
+        shares = [[(r.index, r.where, r.value, r.error) for r in read_records(src, rank=k, world=world)]
+                  for k in range(world)]
+        assert sorted(x for share in shares for x in share) == sorted(whole, key=lambda x: x[0])
+        assert all(x[0] % world == k for k, share in enumerate(shares) for x in share)

@@ -100,7 +100,8 @@ def read_records(source: Source, rank: int = 0, world: int = 1) -> Iterator[Reco
     Indices count all records (bad ones included), so they are stable whatever `world` is."""
     fmt = source.resolved_format
     if fmt in ("jsonl", "json"):
-        records = _read_json(source.path, fmt)
+        # other ranks' lines are counted, not parsed: each rank pays for JSON of its own share only
+        records = _read_json(source.path, fmt, (lambda i: i % world == rank) if world > 1 else None)
     else:
         records = _read_hf(source.path, fmt)
     for rec in records:
@@ -108,7 +109,7 @@ def read_records(source: Source, rank: int = 0, world: int = 1) -> Iterator[Reco
             yield rec
 
 
-def _read_json(path, fmt) -> Iterator[Record]:
+def _read_json(path, fmt, keep=None) -> Iterator[Record]:
     index = 0
     for file in data_files(path, fmt):
         with open(file, encoding="utf-8", errors="strict") as f:
@@ -131,6 +132,9 @@ def _read_json(path, fmt) -> Iterator[Record]:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue  # blank lines are layout, not records
+                if keep is not None and not keep(index):
+                    index += 1
+                    continue
                 try:
                     yield Record(index, f"{file}:{lineno}", json.loads(line))
                 except ValueError as e:
