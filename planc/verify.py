@@ -401,6 +401,12 @@ def wait(proc: subprocess.Popen, timeout: float) -> int:
         raise
 
 
+def _port_taken(log_dir: Path) -> bool:
+    """Whether a failed launch failed because a port was taken (EADDRINUSE), in any of its logs."""
+    return any("EADDRINUSE" in t or "Address already in use" in t
+               for t in (p.read_text(errors="replace") for p in log_dir.rglob("*.log")))
+
+
 def failure_log(log_dir: Path, tail: int = 4000) -> str:
     """The failing rank's own log (torchrun names the first failure), else every log with a traceback."""
     parts = []
@@ -631,6 +637,11 @@ def _run_layouts(args, ir, kinds, degrees, layouts, paths, work) -> tuple[list[d
         print(f"  torchrun --standalone --nproc-per-node {world_of(d)} {paths['layout']} {' '.join(overrides)}")
         t0 = time.perf_counter()
         rc = wait(start_layout(paths["layout"], world_of(d), overrides, run_dir / "logs"), args.timeout)
+        if rc != 0 and _port_taken(run_dir / "logs"):
+            # torchrun's free port was taken before it bound it (another launch on this machine)
+            print("  the launcher lost its port to another process; launching again", flush=True)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            rc = wait(start_layout(paths["layout"], world_of(d), overrides, run_dir / "logs"), args.timeout)
         print(f"  finished in {time.perf_counter() - t0:.0f} s (exit {rc})", flush=True)
         entry = {"layout": d, "label": label, "world": world_of(d), "run_dir": str(run_dir)}
         if rc != 0:

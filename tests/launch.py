@@ -28,6 +28,12 @@ def torchrun(script, nproc: int, args=(), *, log_dir: Path, timeout: float = 600
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
     full_env.update(env or {})
     proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0 and _port_race(proc.stdout + proc.stderr + rank_logs(log_dir)):
+        # The free port torchrun picked was taken before it bound it (two launches at once): a
+        # launcher failure, not the script's. Launch once more, in a fresh log directory.
+        log_dir = log_dir.with_name(log_dir.name + "_retry")
+        cmd[cmd.index("--log-dir") + 1] = str(log_dir)
+        proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(
             f"torchrun failed ({proc.returncode}): {' '.join(cmd)}\n"
@@ -35,6 +41,10 @@ def torchrun(script, nproc: int, args=(), *, log_dir: Path, timeout: float = 600
             + rank_logs(log_dir)
         )
     return proc
+
+
+def _port_race(text: str) -> bool:
+    return "EADDRINUSE" in text or "Address already in use" in text
 
 
 def rank_logs(log_dir: Path, tail: int = 6000) -> str:
