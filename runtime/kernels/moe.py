@@ -34,8 +34,8 @@ def grouped_mm_reference(x_sorted, weights, group_sizes):
     """One torch.mm per group; rows past the last group are zero. Differentiable by autograd."""
     pieces, start = [], 0
     for e, size in enumerate(group_sizes.tolist()):
-        # F.linear on the (out, in) view: for HF's (E, out, in) experts this is the very product,
-        # and the very backward, of transformers' own per-expert loop, so the result is bitwise equal.
+        # F.linear on the (out, in) view: for HF's (E, out, in) experts this is F.linear on each
+        # expert's own weight, forward and backward, as a per-expert loop computes it.
         pieces.append(F.linear(x_sorted[start:start + size], weights[e].mT))
         start += size
     if start > x_sorted.shape[0]:
