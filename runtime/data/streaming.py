@@ -1,10 +1,10 @@
 """Streaming sources: read lazily, split over ranks, shuffled through a buffer, resumable exactly.
 
 Each data-parallel rank reads the records with `index % world == rank` (every rank scans the file
-and keeps its share, as HF's `split_dataset_by_node` does for unsharded files; JSON Lines are parsed
-only for the rank's own lines), holds up to
-`buffer_size` raw records, and emits a seeded random one each time, replacing it with the next
-record read. Emitted records are checked and tokenised in small blocks.
+and keeps its share, as HF's `split_dataset_by_node` does for unsharded files; JSON Lines are
+parsed only for the rank's own lines), holds up to `buffer_size` raw records, and emits a seeded
+random one each time, replacing it with the next record read. Emitted records are checked and
+tokenised in small blocks.
 
 The shuffle depends only on the seeded generator and the number of records, never on their
 content, so the state is small: records read, the indices of the records held in the buffer or
