@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.optim.lr_scheduler import LambdaLR
@@ -78,9 +79,11 @@ def build_schedule(optimizer: torch.optim.Optimizer, *, kind: str, steps: int, w
 def clip_grad_norm(parameters, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
     """Global gradient norm over all ranks' shards (float64), and clip to `max_norm` (0 = only measure).
 
-    Gradients are grouped by (mesh, placements): DTensor computes each group's norm, reducing
-    over exactly the mesh dims the group is sharded on (replicated dims are not counted twice);
-    the groups are then combined. Plain tensors count as they are (replicated).
+    The 2-norm takes one all-reduce over the world, whatever the meshes: each rank adds the squares
+    of its local gradient shards, each divided by the number of ranks that hold the same shard (a
+    DTensor's shard is held by world / (product of its mesh's sharded dims) ranks; a plain tensor by
+    every rank: data-parallel replicas have equal gradients by the time they are clipped). Other
+    norms, and gradients left Partial, go through DTensor per (mesh, placements) group instead.
 
     Norms are accumulated in float64. torch's fp32 norm kernel on CPU sums naively and is off by
     ~1e-5 relative on a 100k-element gradient, more than the parity this runtime is held to; so
@@ -90,20 +93,46 @@ def clip_grad_norm(parameters, max_norm: float, norm_type: float = 2.0) -> torch
     params = [p for p in parameters if p.grad is not None]
     if not params:
         return torch.tensor(0.0, dtype=torch.float64)
+    grads = [p.grad for p in params]
+    partial = any(isinstance(g, DTensor) and any(pl.is_partial() for pl in g.placements) for g in grads)
+    if norm_type == 2.0 and not partial and dist.is_available() and dist.is_initialized():
+        total = _two_norm_one_reduce(grads)
+    else:
+        total = _norm_by_groups(grads, norm_type)
+    if max_norm > 0:
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        for g in grads:
+            g = g.to_local() if isinstance(g, DTensor) else g
+            g.mul_(coef.to(device=g.device, dtype=g.dtype))
+    return total
+
+
+def _two_norm_one_reduce(grads) -> torch.Tensor:
+    world = dist.get_world_size()
+    device = (grads[0].to_local() if isinstance(grads[0], DTensor) else grads[0]).device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for g in grads:
+        if isinstance(g, DTensor):
+            # any non-replicated dim cuts the tensor (Shard, and FSDP-over-TP's _StridedShard)
+            shards = math.prod(g.device_mesh.size(i) for i, pl in enumerate(g.placements) if not pl.is_replicate())
+            local, copies = g.to_local(), world // shards
+        else:
+            local, copies = g, world
+        total += torch.linalg.vector_norm(local, 2, dtype=torch.float64).to(device).square() / copies
+    dist.all_reduce(total)
+    return total.sqrt()
+
+
+def _norm_by_groups(grads, norm_type: float) -> torch.Tensor:
+    """DTensor computes each (mesh, placements) group's norm, reducing over exactly the mesh dims
+    the group is sharded on; the groups are then combined. Plain tensors count as they are."""
     groups: dict = {}
-    for p in params:
-        g = p.grad
+    for g in grads:
         key = (g.device_mesh, tuple(g.placements)) if isinstance(g, DTensor) else None
         groups.setdefault(key, []).append(g)
     norms = []
-    for grads in groups.values():
-        per_tensor = [torch.linalg.vector_norm(g, norm_type, dtype=torch.float64) for g in grads]
+    for members in groups.values():
+        per_tensor = [torch.linalg.vector_norm(g, norm_type, dtype=torch.float64) for g in members]
         n = torch.linalg.vector_norm(torch.stack(per_tensor), norm_type)
         norms.append(n.full_tensor() if isinstance(n, DTensor) else n)
-    total = torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]), norm_type)
-    if max_norm > 0:
-        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-        for p in params:
-            g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
-            g.mul_(coef.to(device=g.device, dtype=g.dtype))
-    return total
+    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]), norm_type)
