@@ -700,8 +700,9 @@ def add_parser(sub):
     c = sub.add_parser("verify", help="prove a plan's numerics on this CPU against one process",
                        description="Shrink the plan's model, run its layout (or the largest sub-layout that "
                        "fits --max-procs) on gloo processes and one plain process on the same global "
-                       "batches, and compare per-step losses and gradient norms. Exit 0 within "
-                       "--tolerance, 1 otherwise, 2 for an invalid plan.")
+                       "batches, and compare per-step losses and gradient norms; with `export = hf`, also "
+                       "load each layout's export on one process. Exit 0 within --tolerance, 1 "
+                       "otherwise, 2 for an invalid plan.")
     c.add_argument("plan", help="the .veo plan")
     c.add_argument("--max-procs", type=int, default=4, metavar="N",
                    help="most processes a layout may use on this machine (default 4)")
