@@ -7,6 +7,7 @@ import os
 import re
 
 from .ir import ScriptIR, SettingLine, SourceIR, Step
+from .model_tree import num_experts
 from .schema import KERNELS
 
 WHY = {
@@ -193,9 +194,7 @@ class _Lowering:
 
 def _moe_aux_coef(config) -> float | None:
     """The load-balancing loss weight of an MoE config (None for a dense model)."""
-    experts = next((getattr(config, k, None) for k in ("num_experts", "num_local_experts", "n_routed_experts")
-                    if getattr(config, k, None)), None)
-    if not experts or not hasattr(config, "router_aux_loss_coef"):
+    if not num_experts(config) or not hasattr(config, "router_aux_loss_coef"):
         return None
     return float(config.router_aux_loss_coef)
 

@@ -66,6 +66,13 @@ def find_config(path: str | Path) -> Path:
     return cfg
 
 
+def num_experts(config) -> int:
+    """Routed experts per MoE layer of a transformers config (families name the key differently);
+    0 for a dense model."""
+    return next((int(v) for k in ("num_experts", "num_local_experts", "n_routed_experts")
+                 if (v := getattr(config, k, None))), 0)
+
+
 def load_config(path: str | Path):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg_file = find_config(path)

@@ -1,6 +1,8 @@
 """Tensor, sequence and expert parallel rules, checked against the model's real config."""
 from __future__ import annotations
 
+from ..model_tree import num_experts
+
 RULES = {
     "tp-divides": "tp divides attention heads, KV heads and the sharded dimensions",
     "tp-vocab": "vocab-parallel embedding / loss needs vocab_size % tp == 0",
@@ -84,7 +86,7 @@ def check(ctx) -> None:
                       p.span("data.max_len"), f"use max_len = {p['data.max_len'] // sp * sp or sp}")
 
     # ep --------------------------------------------------------------------------------------
-    n_exp = _cfg(cfg, "num_experts", "num_local_experts", "n_routed_experts")
+    n_exp = num_experts(cfg)
     if ep > 1 and not ep_rules:
         ctx.error("ep-rules", f"ep = {ep}, but no `ep` rule names the experts", p.span("mesh.ep"),
                   'add `ep "model.layers.*.mlp.experts"`')

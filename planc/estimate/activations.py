@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..model_tree import num_experts
+
 
 def korthikanti(s: int, b: int, h: int, a: int, t: int = 1, *, sp: bool = False,
                 recompute: str | None = None) -> float:
@@ -124,7 +126,7 @@ def shape_of(config, tree=None, layer: int = 0, attention: str = "sdpa") -> Laye
     heads = g("num_attention_heads")
     kv = g("num_key_value_heads", default=heads)
     head_dim = g("head_dim", default=h // heads)
-    experts = g("num_experts", "num_local_experts", "n_routed_experts")
+    experts = num_experts(config)
     moe = bool(experts) and (tree is None or any(m.startswith(f"model.layers.{layer}.") and m.endswith(".experts")
                                                    for m in tree.modules))
     act = str(g("hidden_act", "activation_function", default="silu"))

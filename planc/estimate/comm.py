@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..model_tree import num_experts
 from .layout import Layout
 from .shards import BYTES, param_layouts, tp_styles, unit_sizes
 
@@ -171,7 +172,7 @@ def traffic(ctx) -> list[Collective]:
                 fwd.append(("sp", "all_to_all", what, T * nh * hd * c, u, False, False))
                 bwd.append(("sp", "all_to_all", what + " grad", T * nh * hd * c, u))
         if moe and d["ep"] > 1:
-            E = getattr(cfg, "num_experts", None) or getattr(cfg, "num_local_experts", None) or cfg.n_routed_experts
+            E = num_experts(cfg)
             k_top = getattr(cfg, "num_experts_per_tok", None) or cfg.moe_topk
             T_route = w.tokens / u  # TP (without sequence) ranks route the same full rows
             rows = T_route * k_top * cfg.hidden_size * c

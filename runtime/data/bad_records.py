@@ -37,6 +37,15 @@ class BadRecords:
             self.examples.append(message)
             self.log("skipped " + message)
 
+    def state(self, source: str) -> list[list]:
+        """[[reason, count], ...] of one source: what a per-rank loader state carries across a resume."""
+        return [[reason, n] for (s, reason), n in sorted(self.counts.items()) if s == source]
+
+    def restore(self, source: str, state: list[list]) -> None:
+        """Set one source's counts back to what `state` saved (examples are not kept)."""
+        for reason, n in state:
+            self.counts[(source, reason)] = int(n)
+
     def total(self, source: str | None = None) -> int:
         return sum(n for (s, _), n in self.counts.items() if source is None or s == source)
 

@@ -100,16 +100,15 @@ def read_records(source: Source, rank: int = 0, world: int = 1) -> Iterator[Reco
     Indices count all records (bad ones included), so they are stable whatever `world` is."""
     fmt = source.resolved_format
     if fmt in ("jsonl", "json"):
-        # other ranks' lines are counted, not parsed: each rank pays for JSON of its own share only
-        records = _read_json(source.path, fmt, (lambda i: i % world == rank) if world > 1 else None)
-    else:
-        records = _read_hf(source.path, fmt)
-    for rec in records:
+        yield from _read_json(source.path, fmt, rank, world)
+        return
+    for rec in _read_hf(source.path, fmt):
         if rec.index % world == rank:
             yield rec
 
 
-def _read_json(path, fmt, keep=None) -> Iterator[Record]:
+def _read_json(path, fmt, rank: int = 0, world: int = 1) -> Iterator[Record]:
+    """This rank's records; other ranks' lines are counted for the index but never parsed."""
     index = 0
     for file in data_files(path, fmt):
         with open(file, encoding="utf-8", errors="strict") as f:
@@ -124,7 +123,8 @@ def _read_json(path, fmt, keep=None) -> Iterator[Record]:
                 except ValueError as e:
                     raise ValueError(f"{file}: not valid JSON: {e}") from None
                 for i, item in enumerate(items):
-                    yield Record(index, f"{file}:item {i}", item)
+                    if index % world == rank:
+                        yield Record(index, f"{file}:item {i}", item)
                     index += 1
                 continue
             if fmt == "json" and head == "{" and _one_object(f):
@@ -132,7 +132,7 @@ def _read_json(path, fmt, keep=None) -> Iterator[Record]:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue  # blank lines are layout, not records
-                if keep is not None and not keep(index):
+                if index % world != rank:
                     index += 1
                     continue
                 try:

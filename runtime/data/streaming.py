@@ -114,8 +114,7 @@ class StreamOrder:
                 "buffer": [r.index for r in self.buffer], "pending": list(self.pending),
                 "rng": self.rng.bit_generator.state,
                 # this rank's bad-record counts for the source, so the end-of-epoch tally survives a resume
-                "bad": [[reason, n] for (src, reason), n in sorted(self.maker.bad.counts.items())
-                        if src == self.source.name]}
+                "bad": self.maker.bad.state(self.source.name)}
 
     def load_state_dict(self, sd: dict, needed_docs=()) -> None:
         """Restore, re-making the documents in `needed_docs` (those the batcher still holds)."""
@@ -153,5 +152,5 @@ class StreamOrder:
         finally:
             self.maker.bad = loud
         self.pending = [int(d) for d in sd["pending"]]
-        for reason, n in sd.get("bad", []):  # absent in checkpoints written before counts were kept
-            self.maker.bad.counts[(self.source.name, reason)] = int(n)
+        # "bad" is absent in checkpoints written before the counts were kept
+        self.maker.bad.restore(self.source.name, sd.get("bad", []))
