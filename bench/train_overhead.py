@@ -88,6 +88,8 @@ def hand_worker(steps: int, result: str) -> None:
     from torch.distributed.fsdp import fully_shard
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from runtime.dist import finish
+
     s = demo_settings()
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
@@ -139,9 +141,7 @@ def hand_worker(steps: int, result: str) -> None:
                         "elapsed": time.perf_counter() - start, "cpu": time.process_time()})
     if rank == 0:
         Path(result).write_text(json.dumps(records))
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    finish()  # barrier, then destroy (runtime.dist.finish says why)
 
 
 # ------------------------------------------------------------------ the generated script, with a CPU clock

@@ -22,6 +22,7 @@ def main(demo_dir: str, data_dir: str, out: str):
     import torch.distributed as dist
 
     from runtime.data import Source, build_loader, load_tokenizer
+    from runtime.dist import finish
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -71,8 +72,7 @@ def main(demo_dir: str, data_dir: str, out: str):
     if rank == 0:
         result["streaming"] = {"equal_counts": all(c == counts[0] for c in counts), "tally": tally}
         Path(out).write_text(json.dumps(result))
-    dist.barrier()
-    dist.destroy_process_group()
+    finish()  # barrier, then destroy (runtime.dist.finish says why)
 
 
 @pytest.mark.multiproc

@@ -318,7 +318,10 @@ for (name, p), q in zip(model.named_parameters(), ref.parameters()):
 if rank == 0:
     json.dump({"chosen": chosen, "loss": summed.item(), "ref_loss": ref_sum.item(), "worst_grad_rel": worst},
               open(sys.argv[1], "w"))
-dist.destroy_process_group()
+# barrier, then destroy: a rank that closes its sockets while a peer still has an
+# operation in flight with it aborts that peer (runtime.dist.finish says why)
+from runtime.dist import finish
+finish()
 '''
 
 
@@ -379,7 +382,10 @@ result = {"chosen": chosen, "impl": getattr(model.get_submodule("model.layers.0.
           "loss_rel": abs(b.loss.item() - a.loss.item()) / abs(a.loss.item()), "worst_grad_rel": worst}
 if rank == 0:
     json.dump(result, open(sys.argv[1], "w"))
-dist.destroy_process_group()
+# barrier, then destroy: a rank that closes its sockets while a peer still has an
+# operation in flight with it aborts that peer (runtime.dist.finish says why)
+from runtime.dist import finish
+finish()
 '''
 
 
