@@ -12,9 +12,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["IGNORE", "count_targets", "lm_loss_sum", "cross_entropy_sum", "local_value", "step_loss"]
+from .vocab import IGNORE  # label of a position without a target (padding, document ends)
 
-IGNORE = -100  # label of a position without a target (padding, document ends)
+__all__ = ["IGNORE", "count_targets", "lm_loss_sum", "cross_entropy_sum", "local_value", "step_loss"]
 
 
 def count_targets(micro_batches, group: dist.ProcessGroup | None = None) -> int:

@@ -1,8 +1,11 @@
 """Tensor, sequence and expert parallel rules, checked against the model's real config."""
 from __future__ import annotations
 
+from runtime.vocab import ATTENTIONS, ULYSSES_ATTENTIONS
+
 from ..model_tree import num_experts
 
+_WRAPPED = " or ".join(ULYSSES_ATTENTIONS)
 RULES = {
     "tp-divides": "tp divides attention heads, KV heads and the sharded dimensions",
     "tp-vocab": "vocab-parallel embedding / loss needs vocab_size % tp == 0",
@@ -18,7 +21,8 @@ RULES = {
     "tp-tied": "tied embeddings are not sharded by vocab / loss / colwise head rules",
     "ep-cover": "`ep` rules cover every experts module (tokens are dispatched in every MoE layer)",
     "sp-cover": "`sp ulysses` covers every attention module (the sequence is sharded everywhere)",
-    "sp-attention": "Ulysses wraps sdpa or eager attention, not flash_attention_2",
+    "sp-attention": f"Ulysses wraps {_WRAPPED} attention, not "
+                    f"{', '.join(a for a in ATTENTIONS if a not in ULYSSES_ATTENTIONS)}",
 }
 
 
@@ -177,9 +181,9 @@ def _coverage(ctx, tp_rules, sp_rules, ep_rules, n_exp) -> None:
             ctx.error("sp-cover", f"`sp ulysses` leaves {missing[0]!r} (and {len(missing) - 1} more) unwrapped: "
                       "the sequence is sharded for every layer", sp_rules[0].span,
                       f'cover them all: `sp ulysses "{_shape(missing[0])}"`')
-        if p["model.attention"] == "flash_attention_2":
-            ctx.error("sp-attention", "Ulysses wraps sdpa or eager attention; flash_attention_2 is not built",
-                      p.span("model.attention"), "use attention = sdpa")
+        if p["model.attention"] not in ULYSSES_ATTENTIONS:
+            ctx.error("sp-attention", f"Ulysses wraps {_WRAPPED} attention; {p['model.attention']} is not built",
+                      p.span("model.attention"), f"use attention = {ULYSSES_ATTENTIONS[0]}")
 
 
 def _shape(name: str) -> str:

@@ -23,6 +23,8 @@ from torch.distributed.device_mesh import DeviceMesh
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from ..vocab import ULYSSES_ATTENTIONS
+
 __all__ = ["apply_ulysses", "slice_for_sp", "block_causal_mask", "register_ulysses", "check_heads"]
 
 
@@ -147,7 +149,7 @@ def _global_mask(position_ids, group, inner_name: str, dtype):
 
 def register_ulysses(inner: str = "sdpa") -> str:
     """Register ``ulysses_<inner>`` with transformers and return that name."""
-    if inner not in ("sdpa", "eager"):
+    if inner not in ULYSSES_ATTENTIONS:
         raise ValueError(f"Ulysses wraps sdpa or eager attention, not {inner!r}")
     name = f"ulysses_{inner}"
     AttentionInterface.register(name, _ulysses_forward(inner))
