@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from .layout import DIMS, WORLD_DIMS
+
 REQUIRED = object()
 DTYPES = ("fp32", "bf16", "fp16")
 
@@ -82,14 +84,16 @@ MODEL = BlockSpec("model", "the model: an HF config (and optionally weights)", _
         choices=("sdpa", "eager", "flash_attention_2")),
 ), required=True)
 
-MESH_DIMS = ("dp_replicate", "dp_shard", "sp", "tp")  # world = their product; ep borrows
+_DEGREES = {  # one key per mesh dim of planc/layout.py; the world dims may be `auto`
+    "dp_replicate": "data-parallel replicas (HSDP outer dim, or DDP)",
+    "dp_shard": "FSDP2 shard degree",
+    "sp": "Ulysses sequence-parallel degree",
+    "tp": "tensor-parallel degree",
+    "ep": "expert-parallel degree (borrows ranks from dp_shard * sp)",
+}
 MESH = BlockSpec("mesh", "how ranks are laid out", _keys(
     Key("world", "int", None, "declared world size", min=1),
-    Key("dp_replicate", "degree", 1, "data-parallel replicas (HSDP outer dim, or DDP)", min=1),
-    Key("dp_shard", "degree", 1, "FSDP2 shard degree", min=1),
-    Key("tp", "degree", 1, "tensor-parallel degree", min=1),
-    Key("sp", "degree", 1, "Ulysses sequence-parallel degree", min=1),
-    Key("ep", "int", 1, "expert-parallel degree (borrows ranks from dp_shard * sp)", min=1),
+    *(Key(d, "degree" if d in WORLD_DIMS else "int", 1, _DEGREES[d], min=1) for d in DIMS),
     Key("pp", "int", 1, "pipeline parallelism (not built yet)", min=1),
     Key("cp", "int", 1, "context parallelism (not built yet; use sp)", min=1),
     Key("device", "enum", "cuda", "where the script runs", choices=("cpu", "cuda")),
