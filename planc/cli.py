@@ -94,6 +94,10 @@ def cmd_verify(args) -> int:
 def _add_verify(sub) -> None:
     import textwrap
 
+    from .verify import DTYPE_MODES, VerifyOptions
+
+    d = VerifyOptions(plan="")  # the defaults
+
     about = (
         "Shrink the plan's model, run its layout (or the largest sub-layout that fits --max-procs) on gloo "
         "processes and one plain process on the same global batches, and compare per-step losses and gradient "
@@ -109,31 +113,31 @@ def _add_verify(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="\n\n".join(textwrap.fill(p, 100) for p in about))
     c.add_argument("plan", help="the .veo plan")
-    c.add_argument("--max-procs", type=int, default=4, metavar="N",
-                   help="most processes a layout may use on this machine (default 4)")
+    c.add_argument("--max-procs", type=int, default=d.max_procs, metavar="N",
+                   help="most processes a layout may use on this machine (default %(default)s)")
     c.add_argument("--layout", action="append", metavar="DIM=N,...",
                    help="run this layout instead (e.g. dp_shard=1,tp=2); repeat for several, which share "
                         "the reference runs")
-    c.add_argument("--steps", type=int, default=5, help="optimizer steps (default 5)")
-    c.add_argument("--dtype", choices=("both", "fp64", "plan"), default="both",
+    c.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default %(default)s)")
+    c.add_argument("--dtype", choices=tuple(DTYPE_MODES), default=d.dtype,
                    help="both (default): fp64 runs decide, the plan's dtype (fp32 on CPU) is reported beside "
                         "them; fp64: the fp64 runs only; plan: the plan's dtype only, judged against "
                         "--plan-tolerance")
-    c.add_argument("--tolerance", type=float, default=1e-9,
+    c.add_argument("--tolerance", type=float, default=d.tolerance,
                    help="worst relative difference allowed in fp64, per step, in loss and gradient norm "
-                        "(default 1e-9)")
-    c.add_argument("--plan-tolerance", type=float, default=1e-5,
-                   help="the same for the plan's dtype (default 1e-5)")
-    c.add_argument("--data", choices=("auto", "plan", "demo"), default="auto",
+                        "(default %(default)g)")
+    c.add_argument("--plan-tolerance", type=float, default=d.plan_tolerance,
+                   help="the same for the plan's dtype (default %(default)g)")
+    c.add_argument("--data", choices=("auto", "plan", "demo"), default=d.data,
                    help="auto: the plan's own data when it is on this machine, else the demo corpus")
-    c.add_argument("--demo-data", default="data/demo", metavar="DIR",
+    c.add_argument("--demo-data", default=d.demo_data, metavar="DIR",
                    help="where the demo corpus and tokenizer are (default data/demo; made in the temp dir "
                         "if missing)")
     c.add_argument("--baseline", action="store_true",
                    help="also run FSDP2 alone on each layout's process count, for tokens/s relative to it")
     c.add_argument("--keep", metavar="DIR", help="write everything to DIR (empty or new) and keep it")
     c.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
-    c.add_argument("--timeout", type=float, default=900, help="seconds allowed per run (default 900)")
+    c.add_argument("--timeout", type=float, default=d.timeout, help="seconds allowed per run (default %(default)g)")
     c.set_defaults(func=cmd_verify)
 
 
