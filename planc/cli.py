@@ -124,9 +124,67 @@ def cmd_fmt(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .verify import cmd_verify as verify  # the body lives in planc/verify.py
+    from .verify import PlanInvalid, VerifyOptions, verify  # the body lives in planc/verify/
 
-    return verify(args)
+    opts = VerifyOptions(
+        plan=args.plan, max_procs=args.max_procs, layouts=tuple(args.layout or ()), steps=args.steps,
+        dtype=args.dtype, tolerance=args.tolerance, plan_tolerance=args.plan_tolerance, data=args.data,
+        demo_data=args.demo_data, baseline=args.baseline, keep=args.keep, json=args.json, timeout=args.timeout)
+    try:
+        return verify(opts)
+    except PlanInvalid as e:
+        print(f"planc verify: {e}", file=sys.stderr)
+        return 2
+
+
+def _add_verify(sub) -> None:
+    import textwrap
+
+    from .verify import DTYPE_MODES, VerifyOptions
+
+    d = VerifyOptions(plan="")  # the defaults
+
+    about = (
+        "Shrink the plan's model, run its layout (or the largest sub-layout that fits --max-procs) on gloo "
+        "processes and one plain process on the same global batches, and compare per-step losses and gradient "
+        "norms; with `export = hf`, also load each layout's export on one process.",
+        "Every run is made twice (--dtype both): in fp64, the verdict (--tolerance), where a layout's other "
+        "summation order agrees with one process to ~1e-15, so a difference is a layout error; and in the "
+        "plan's dtype (fp32 on CPU), reported beside it (--plan-tolerance), where a last-bit difference can "
+        "grow (Adam on a gradient entry that is mostly rounding, an MoE router near-tie): the report says so "
+        "when fp32 is off but fp64 agrees. Threads and torch's deterministic algorithms are pinned in every run.",
+        "Exit 0 when the verdict is within its tolerance in every layout, 1 otherwise (or when a run fails), "
+        "2 for an invalid plan or option.")
+    c = sub.add_parser("verify", help="prove a plan's numerics on this CPU against one process",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="\n\n".join(textwrap.fill(p, 100) for p in about))
+    c.add_argument("plan", help="the .veo plan")
+    c.add_argument("--max-procs", type=int, default=d.max_procs, metavar="N",
+                   help="most processes a layout may use on this machine (default %(default)s)")
+    c.add_argument("--layout", action="append", metavar="DIM=N,...",
+                   help="run this layout instead (e.g. dp_shard=1,tp=2); repeat for several, which share "
+                        "the reference runs")
+    c.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default %(default)s)")
+    c.add_argument("--dtype", choices=tuple(DTYPE_MODES), default=d.dtype,
+                   help="both (default): fp64 runs decide, the plan's dtype (fp32 on CPU) is reported beside "
+                        "them; fp64: the fp64 runs only; plan: the plan's dtype only, judged against "
+                        "--plan-tolerance")
+    c.add_argument("--tolerance", type=float, default=d.tolerance,
+                   help="worst relative difference allowed in fp64, per step, in loss and gradient norm "
+                        "(default %(default)g)")
+    c.add_argument("--plan-tolerance", type=float, default=d.plan_tolerance,
+                   help="the same for the plan's dtype (default %(default)g)")
+    c.add_argument("--data", choices=("auto", "plan", "demo"), default=d.data,
+                   help="auto: the plan's own data when it is on this machine, else the demo corpus")
+    c.add_argument("--demo-data", default=d.demo_data, metavar="DIR",
+                   help="where the demo corpus and tokenizer are (default data/demo; made in the temp dir "
+                        "if missing)")
+    c.add_argument("--baseline", action="store_true",
+                   help="also run FSDP2 alone on each layout's process count, for tokens/s relative to it")
+    c.add_argument("--keep", metavar="DIR", help="write everything to DIR (empty or new) and keep it")
+    c.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    c.add_argument("--timeout", type=float, default=d.timeout, help="seconds allowed per run (default %(default)g)")
+    c.set_defaults(func=cmd_verify)
 
 
 def cmd_demo_data(args) -> int:
@@ -189,9 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--check", action="store_true", help="only report whether the file is formatted (exit 1 if not)")
     c.set_defaults(func=cmd_fmt)
 
-    from .verify import add_parser as add_verify
-
-    add_verify(sub).set_defaults(func=cmd_verify)
+    _add_verify(sub)
 
     c = sub.add_parser("demo-data", help="make the demo's corpus and tokenizer", description="Write the "
                        "demo corpus (this Python's own stdlib sources, as jsonl) and train its tokenizer; "

@@ -6,6 +6,7 @@ import json
 
 from .estimate import Report, fmt_bytes, fmt_ranks, report
 from .estimate.memory import PARTS
+from .layout import AXES
 
 AXIS_NOTES = {
     "tp": "tensor parallel (innermost: talks every layer)",
@@ -21,9 +22,8 @@ GRID_LIMIT = 64  # draw every rank up to this world size
 
 def axes_of(rep: Report) -> list[str]:
     lay = rep.layout
-    axes = ["tp", "sp", "dp_shard", "fsdp", "dp_replicate", "ep", "ep_fsdp"]
     # without Ulysses the fsdp group is the dp_shard group: show it once, by the name traffic uses
-    return [a for a in axes if lay.size(a) > 1 and not (a == "dp_shard" and lay.sp == 1)
+    return [a for a in AXES if lay.size(a) > 1 and not (a == "dp_shard" and lay.sp == 1)
             and not (a == "ep_fsdp" and lay.ep == 1)]
 
 

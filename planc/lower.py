@@ -9,6 +9,7 @@ import re
 
 from .commands import launch
 from .ir import Call, Code, Items, ScriptIR, SettingLine, SourceIR, Stmt
+from .layout import DIMS, Layout
 from .model_tree import num_experts
 from .schema import KERNELS
 from .steps import build_steps
@@ -61,7 +62,7 @@ class _Lowering:
             self.add(k)
         # mesh: every degree that is written or not 1 (dp_shard always, so one process is one override)
         mesh = {}
-        for dim in ("dp_replicate", "dp_shard", "sp", "tp", "ep"):
+        for dim in DIMS:
             if dim in ("dp_replicate", "dp_shard") or p.settings[f"mesh.{dim}"].written or d[dim] != 1:
                 self.add(f"mesh.{dim}", d[dim])
                 mesh[dim] = f"mesh.{dim}"
@@ -179,18 +180,13 @@ class _Lowering:
         return f"{self.file}:{lines[0]}" + (f"-{lines[-1]}" if lines[-1] != lines[0] else "")
 
     def description(self) -> str:
-        ctx, d = self.ctx, self.ctx.degrees
+        ctx = self.ctx
         n = ctx.tree.n_params
         size = f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
-        parts = []
-        kinds = {r.kind for r in self.plan.rules}
-        if "fsdp" in kinds:
-            parts.append("HSDP" if d["dp_replicate"] > 1 else "FSDP2")
-        if "replicate" in kinds:
-            parts.append("DDP")
-        parts += [f"{k.upper()}={d[k]}" for k in ("tp", "sp", "ep") if d[k] > 1]
-        layout = " x ".join(parts) or "one replica"
-        return f"{ctx.tree.model_type} ({size} parameters), {layout} on {ctx.world} {self.plan['mesh.device']} processes"
+        layout = Layout.from_degrees(ctx.degrees)
+        what = layout.describe({r.kind for r in self.plan.rules})
+        return (f"{ctx.tree.model_type} ({size} parameters), {what} on {layout.world} {self.plan['mesh.device']} "
+                f"process{'es' * (layout.world != 1)}")
 
 
 def _moe_aux_coef(config) -> float | None:

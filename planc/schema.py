@@ -16,6 +16,7 @@ from runtime.vocab import (
     SOURCE_FORMATS, SOURCE_KINDS, TP_STYLES, TRUNCATIONS,
 )
 
+from .layout import DIMS, WORLD_DIMS
 from .tp_sets import NAMED as NAMED_TP_SETS
 
 REQUIRED = object()
@@ -87,14 +88,16 @@ MODEL = BlockSpec("model", "the model: an HF config (and optionally weights)", _
     Key("attention", "enum", "sdpa", "HF attention implementation", choices=ATTENTIONS),
 ), required=True)
 
-MESH_DIMS = ("dp_replicate", "dp_shard", "sp", "tp")  # world = their product; ep borrows
+_DEGREES = {  # one key per mesh dim of planc/layout.py; the world dims may be `auto`
+    "dp_replicate": "data-parallel replicas (HSDP outer dim, or DDP)",
+    "dp_shard": "FSDP2 shard degree",
+    "sp": "Ulysses sequence-parallel degree",
+    "tp": "tensor-parallel degree",
+    "ep": "expert-parallel degree (borrows ranks from dp_shard * sp)",
+}
 MESH = BlockSpec("mesh", "how ranks are laid out", _keys(
     Key("world", "int", None, "declared world size", min=1),
-    Key("dp_replicate", "degree", 1, "data-parallel replicas (HSDP outer dim, or DDP)", min=1),
-    Key("dp_shard", "degree", 1, "FSDP2 shard degree", min=1),
-    Key("tp", "degree", 1, "tensor-parallel degree", min=1),
-    Key("sp", "degree", 1, "Ulysses sequence-parallel degree", min=1),
-    Key("ep", "int", 1, "expert-parallel degree (borrows ranks from dp_shard * sp)", min=1),
+    *(Key(d, "degree" if d in WORLD_DIMS else "int", 1, _DEGREES[d], min=1) for d in DIMS),
     Key("pp", "int", 1, "pipeline parallelism (not built yet)", min=1),
     Key("cp", "int", 1, "context parallelism (not built yet; use sp)", min=1),
     Key("device", "enum", "cuda", "where the script runs", choices=DEVICES),

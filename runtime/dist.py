@@ -4,6 +4,9 @@
 plan's degrees out on one `DeviceMesh` with named dims ``(dp_replicate, fsdp, tp)``, where
 ``fsdp = dp_shard * sp`` (Ulysses ranks also shard parameters), and hands out the views each part
 of the script needs. `finish` ends the run without the exit race described in its comment.
+
+With PLANC_DETERMINISTIC=1 in the environment (`planc verify` and the tests set it, planc/launch.py),
+`init` also turns on torch's deterministic algorithms, so a run's numbers repeat exactly.
 """
 from __future__ import annotations
 
@@ -42,6 +45,8 @@ def init(device: str = "cpu") -> DistInfo:
         raise SystemExit("error: the plan runs on cuda (mesh.device) but no CUDA device is visible; "
                          "run it with --mesh.device cpu")
     backend = "nccl" if device == "cuda" else "gloo"
+    if os.environ.get("PLANC_DETERMINISTIC") == "1":
+        torch.use_deterministic_algorithms(True)
     under_launcher = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     local_rank = int(os.environ.get("LOCAL_RANK", 0)) if under_launcher else 0
     if device == "cuda":

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from .vocab import IGNORE  # label of a position without a target (padding, document ends)
 
-__all__ = ["IGNORE", "count_targets", "lm_loss_sum", "cross_entropy_sum", "local_value", "step_loss"]
+__all__ = ["IGNORE", "count_targets", "lm_loss_sum", "cross_entropy_sum", "compute_dtype", "local_value",
+           "step_loss"]
 
 
 def count_targets(micro_batches, group: dist.ProcessGroup | None = None) -> int:
@@ -32,11 +33,17 @@ def count_targets(micro_batches, group: dist.ProcessGroup | None = None) -> int:
 
 def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sum of token cross-entropies; `labels` already shifted, IGNORE where there is no target.
-    Computed in fp32 at least (bf16/fp16 logits are upcast; fp64 ones stay fp64)."""
-    if logits.dtype != torch.float64:
-        logits = logits.float()
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
-                           ignore_index=IGNORE, reduction="sum")
+    Computed in fp32, or in the logits' own dtype when it is wider (fp64: `.float()` would round
+    it DOWN to fp32)."""
+    flat = logits.reshape(-1, logits.size(-1))
+    return F.cross_entropy(flat.to(compute_dtype(flat.dtype)), labels.reshape(-1), ignore_index=IGNORE,
+                           reduction="sum")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a loss (and any kernel that accumulates in fp32) is computed in: fp32 for bf16,
+    fp16 and fp32 tensors, fp64 for fp64 ones (an fp64 run must not be rounded down to fp32)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def lm_loss_sum(model, batch: dict) -> torch.Tensor:

@@ -24,7 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 __all__ = ["DTYPES", "load_config", "weights_dir", "build_meta", "materialize", "tied_keys",
            "reset_rotary_buffers"]
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 
 
 def load_config(path, *, attention: str = "sdpa", trust_remote_code: bool = False):
@@ -76,6 +76,9 @@ def build_meta(config_path, *, dtype: str = "fp32", attention: str = "sdpa",
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype], attn_implementation=attention,
                                                  trust_remote_code=trust_remote_code)
+    if dtype == "fp64" and getattr(model.config, "_experts_implementation", None) == "grouped_mm":
+        # torch's grouped GEMM takes fp32, bf16 and fp16 only: fp64 experts run transformers' own loop
+        model.set_experts_implementation("eager")
     return model
 
 

@@ -8,9 +8,12 @@ kernel op or TP style is added here and in the module that implements it.
 from __future__ import annotations
 
 # model (runtime/model.py maps each dtype name to a torch dtype)
-DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = ("fp32", "bf16", "fp16")  # a plan's choices
+# what `planc verify`'s proof also runs in; not a plan's choice (the mixed-precision defaults are fp32)
+PROOF_DTYPES = ("fp64",)
 ATTENTIONS = ("sdpa", "eager", "flash_attention_2")  # HF attn_implementation names
 ULYSSES_ATTENTIONS = ("sdpa", "eager")  # what runtime/parallel/ulysses.py wraps
+CUDA_ATTENTIONS = ("flash_attention_2",)  # the attentions that need a GPU
 DEVICES = ("cpu", "cuda")  # runtime/dist.py
 
 # parallelism (runtime/parallel/tp.py)

@@ -3,7 +3,6 @@ model configs matching that tokenizer, and the overrides that point generated/de
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,12 +89,12 @@ def demo_overrides(demo_assets, small_corpus, tiny_llama) -> list[str]:
 def run_python(script, args=(), *, log_dir: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python script *args` from the repo root as one process (world 1, no torchrun);
     raise with its output on failure. Output is also kept in `log_dir/python.log`."""
+    from planc.launch import pinned_env
+
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    env = pinned_env()  # as planc verify and tests/launch.py: one thread, deterministic algorithms
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     proc = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)

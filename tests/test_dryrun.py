@@ -11,7 +11,7 @@ import pytest
 
 from planc.dryrun import dry_run, fake_world
 from planc.estimate import report
-from planc.estimate.layout import Layout
+from planc.layout import Layout
 from planc.estimate.shards import states_per_rank
 from planc.frontend import check_file
 

@@ -175,7 +175,7 @@ def drive(out_path: str, plans: list[str]) -> None:
 def _expected(checked):
     """(per-rank states, per-rank Counter of exact (op, ranks, bytes) -> calls, per-rank EP bytes)."""
     from planc.estimate.comm import traffic
-    from planc.estimate.layout import Layout
+    from planc.layout import Layout
     from planc.estimate.shards import states_per_rank
 
     ctx = checked.ctx
@@ -233,7 +233,7 @@ def test_estimates_match_real_ranks(tmp_path):
 
 
 def _is_ep(checked, ranks) -> bool:
-    from planc.estimate.layout import Layout
+    from planc.layout import Layout
 
     d = checked.ctx.degrees
     return d["ep"] > 1 and sorted(ranks) in Layout.from_degrees(d).groups("ep")

@@ -1,16 +1,20 @@
 """TP / Ulysses / EP layouts of the example plans, THROUGH their generated scripts: `planc verify`
 runs each plan's script on gloo processes and a one-process reference script (rendered from the
-same IR with every parallel step removed) on the same global batches, 5 steps, fp32.
+same IR with every parallel step removed) on the same global batches, 5 steps, in fp64 and fp32.
 
-One `planc verify` per plan; the layouts of a plan share its reference run:
+One `planc verify` per plan; the layouts of a plan share its reference runs:
     qwen3-tp       TP=2 (2 procs), FSDP2 x TP=2 (4)      explicit colwise/rowwise/sequence/vocab/loss
     qwen3-ulysses  SP=2 (2), FSDP2 x SP=2 (4)            Ulysses attention over the sp ranks
     qwen3-moe-ep   EP=2 (2), FSDP4 x EP=2 (4)            experts by all-to-all, FSDP over the rest
     qwen3-3d       FSDP x SP=2 x TP=2 (4)                the plan wants 8 processes: verify's sub-layout
-Every step's loss AND gradient norm must be within 1e-5 relative of one process (a loss alone can
-miss a wrong gradient for a few steps), and each layout's HF export must load with from_pretrained
-on one process and equal, bit for bit, the weights of the layout's last DCP checkpoint. tests/test_verify.py shows that the same check fails on a
-perturbed layout.
+The verdict is fp64: every step's loss AND gradient norm must be within 1e-9 relative of one process
+(a loss alone can miss a wrong gradient for a few steps). There the layouts' other summation orders
+agree to ~1e-15 on any machine; in fp32 a last-bit difference can grow past 1e-5 (Adam on a gradient
+entry that is mostly rounding: the EP layouts do on some CPUs), so the fp32 figures are only
+checked to be reported, with a verdict word that says what they mean. Each layout's HF export must
+load with from_pretrained on one process and equal, bit for bit, the weights of the layout's last
+DCP checkpoint, in both dtypes. tests/test_verify.py shows that the same check fails on perturbed
+layouts.
 """
 from __future__ import annotations
 
@@ -22,8 +26,10 @@ import sys
 import pytest
 
 from launch import REPO
+from planc.layout import DIMS, WORLD_DIMS
 
-TOL = 1e-5
+TOL = 1e-9  # fp64, the verdict
+PLAN_TOL = 1e-5  # fp32, reported
 STEPS = 5
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 
@@ -45,9 +51,10 @@ def run_verify(plan: str, args, out_dir, env=None) -> tuple[subprocess.Completed
     checkout, as a user would run it; returns the process and the JSON (None if not written)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report = out_dir / "result.json"
-    cmd = [sys.executable, "-m", "planc", "verify", f"plans/{plan}.veo", "--steps", str(STEPS),
-           "--tolerance", str(TOL), "--keep", str(out_dir / "keep"), "--json", str(report), *map(str, args)]
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    cmd = [sys.executable, "-m", "planc", "verify", f"plans/{plan}.veo", "--steps", str(STEPS), "--dtype", "both",
+           "--tolerance", str(TOL), "--plan-tolerance", str(PLAN_TOL), "--keep", str(out_dir / "keep"),
+           "--json", str(report), *map(str, args)]
+    full_env = dict(os.environ, **(env or {}))
     proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=900)
     (out_dir / "verify.log").write_text(proc.stdout + proc.stderr)
     return proc, json.loads(report.read_text()) if report.exists() else None
@@ -72,22 +79,36 @@ def verified(tmp_path_factory, demo_assets):
 def test_layout_matches_one_process(verified, plan, name, layout, expect, nproc):
     proc, report = verified(plan)
     assert report is not None, f"planc verify wrote no report (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    assert report["verdict_dtype"] == "fp64" and report["dtypes"] == ["fp64", "fp32"]
+    assert report["tolerances"] == {"fp64": TOL, "fp32": PLAN_TOL}
+    assert report["pinned"]["OMP_NUM_THREADS"] == "1" and report["pinned"]["PLANC_DETERMINISTIC"] == "1"
     runs = {json.dumps(r["layout"], sort_keys=True): r for r in report["layouts"]}
-    degrees = dict(dict.fromkeys(("dp_replicate", "dp_shard", "sp", "tp", "ep"), 1), **expect)
+    degrees = dict(dict.fromkeys(DIMS, 1), **expect)
     r = runs.get(json.dumps(degrees, sort_keys=True))
     assert r is not None, f"{degrees} was not run; ran {list(runs)}\n{proc.stdout}"
     assert r["world"] == nproc and r.get("ok") is not None, r
-    ref = report["reference"]
-    assert len(r["losses"]) == len(ref["losses"]) == STEPS
-    assert ref["losses"][-1] < ref["losses"][0]  # the weights moved: later steps compare trained models
-    assert r["worst_loss_rel"] <= TOL and r["worst_grad_norm_rel"] <= TOL, proc.stdout
+    fp64, fp32 = r["runs"]["fp64"], r["runs"]["fp32"]
+    for dtype, run in r["runs"].items():
+        ref = report["reference"][dtype]
+        assert len(run["losses"]) == len(ref["losses"]) == STEPS
+        assert ref["losses"][-1] < ref["losses"][0]  # the weights moved: later steps compare trained models
+        # the layout's HF export loads with from_pretrained on one process and holds its trained weights
+        assert run["export"]["problems"] == [] and run["export"]["tensors"] > 0, (dtype, run["export"])
+    # the verdict: fp64 agrees with one process to far below the tolerance
+    assert fp64["worst_loss_rel"] <= TOL and fp64["worst_grad_norm_rel"] <= TOL, proc.stdout
     assert r["ok"] and proc.returncode == 0, proc.stdout + proc.stderr
-    # the layout's HF export loads with from_pretrained on one process and holds its trained weights
-    assert r["export"]["problems"] == [] and r["export"]["tensors"] > 0, r["export"]
+    # fp32 is reported beside it: its figures, and whether they are within the fp32 tolerance, said
+    # plainly as a last-bit effect when they are not (fp64 agrees)
+    within = max(fp32["worst_loss_rel"], fp32["worst_grad_norm_rel"]) <= PLAN_TOL
+    assert fp32["within"] == within and fp32["last_bit"] == (not within)
+    shown = f"worst relative difference in fp32: loss {fp32['worst_loss_rel']:.1e}, grad norm " \
+            f"{fp32['worst_grad_norm_rel']:.1e} (tolerance {PLAN_TOL:g}): "
+    assert shown + ("within it" if within else "above it, but fp64 agrees to") in proc.stdout, proc.stdout
+    assert fp32["worst_loss_rel"] < 1e-3 and fp32["worst_grad_norm_rel"] < 1e-3  # fp32 still trains alike
     # The layout ran on the mesh asked for (rank 0 logs it at start-up).
-    rank0 = next((r_dir for r_dir in (REPO / r["run_dir"]).rglob("attempt_0/0/stdout.log")), None)
+    rank0 = next((r_dir for r_dir in (REPO / fp64["run_dir"]).rglob("attempt_0/0/stdout.log")), None)
     assert rank0 is not None
-    mesh = {k: degrees[k] for k in ("dp_replicate", "dp_shard", "sp", "tp")}
+    mesh = {k: degrees[k] for k in WORLD_DIMS}
     assert f"world {nproc} (gloo), mesh {mesh}" in rank0.read_text()
 
 

@@ -15,7 +15,7 @@ from launch import REPO, torchrun
 from planc.emit import render_script
 from planc.frontend import check_file
 from planc.lower import lower
-from planc.verify import reference_ir
+from planc.verify.scripts import reference_ir
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 TOL = 1e-5

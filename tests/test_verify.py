@@ -1,5 +1,8 @@
 """`planc verify`: sub-layout choice, the reference script, refusals (exit 2), the failing rank's
-log, and (one launch) that it FAILS, exit 1, when the layout run is numerically wrong."""
+log, and that it FAILS, exit 1, under its fp64 verdict when a layout run is numerically wrong: a
+loss normalised per rank (Ulysses), the MoE load-balancing loss averaged over the wrong group (EP),
+and gradients reduced in fp32 when the plan says otherwise (FSDP2: ~7e-9, below what an fp32
+comparison can tell from rounding)."""
 from __future__ import annotations
 
 import ast
@@ -17,9 +20,11 @@ from hypothesis import strategies as st
 from planc.cli import main
 from planc.emit import render_script
 from planc.frontend import check_file
+from planc.launch import failure_log
+from planc.layout import DIMS, Layout
 from planc.lower import lower
-from planc.verify import (DIMS, PlanInvalid, baseline_ir, check_layout, failure_log, layout_ir, parse_layout,
-                          reference_ir, sub_layout, world_of)
+from planc.verify import PlanInvalid
+from planc.verify.scripts import baseline_ir, check_layout, layout_ir, reference_ir
 
 REPO = Path(__file__).resolve().parents[1]
 PARALLEL_CALLS = {"apply_tp", "apply_ep", "shard_experts", "ep_meshes", "apply_ulysses", "slice_for_sp",
@@ -33,7 +38,7 @@ def _ir(plan: str):
 
 
 def _degrees(**kw):
-    return dict(dict.fromkeys(DIMS, 1), **kw)
+    return Layout(**kw)
 
 
 def _names(source: str) -> set[str]:
@@ -54,33 +59,35 @@ def _names(source: str) -> set[str]:
 ])
 def test_sub_layout_of_the_plans(plan, max_procs, expect):
     checked, _ = _ir(plan)
-    assert sub_layout(checked.ctx.degrees, max_procs) == _degrees(**expect)
+    assert Layout.from_degrees(checked.ctx.degrees).sub_layout(max_procs) == _degrees(**expect)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.fixed_dictionaries({k: st.sampled_from([1, 2, 3, 4, 8]) for k in DIMS}), st.integers(1, 16))
-def test_sub_layout_properties(plan, max_procs):
-    if (plan["dp_shard"] * plan["sp"]) % plan["ep"]:
-        plan["ep"] = 1
-    d = sub_layout(plan, max_procs)
-    if world_of(plan) <= max_procs:
+def test_sub_layout_properties(degrees, max_procs):
+    if (degrees["dp_shard"] * degrees["sp"]) % degrees["ep"]:
+        degrees["ep"] = 1
+    plan = Layout.from_degrees(degrees)
+    d = plan.sub_layout(max_procs)
+    if plan.world <= max_procs:
         assert d == plan
     assert d is not None  # all ones always fits
-    assert world_of(d) <= max_procs
-    assert all(plan[k] % d[k] == 0 for k in DIMS)
-    assert (d["dp_shard"] * d["sp"]) % d["ep"] == 0
+    assert d.world <= max_procs
+    assert all(degrees[k] % v == 0 for k, v in d.degrees().items())
+    assert d.fsdp % d.ep == 0 and d.problem() is None
     # model parallelism goes last: when the smallest tp or sp step fits, some model dim is kept
-    smallest = [min(x for x in range(2, plan[k] + 1) if plan[k] % x == 0) for k in ("tp", "sp") if plan[k] > 1]
+    smallest = [min(x for x in range(2, degrees[k] + 1) if degrees[k] % x == 0) for k in ("tp", "sp") if degrees[k] > 1]
     if smallest and min(smallest) <= max_procs:
-        assert d["tp"] > 1 or d["sp"] > 1 or d["ep"] > 1
+        assert d.tp > 1 or d.sp > 1 or d.ep > 1
 
 
 def test_parse_layout():
-    assert parse_layout("dp_shard=2,tp=2") == _degrees(dp_shard=2, tp=2)
-    assert parse_layout("sp=2 tp=2") == _degrees(sp=2, tp=2)
+    assert Layout.parse("dp_shard=2,tp=2") == _degrees(dp_shard=2, tp=2)
+    assert Layout.parse("sp=2 tp=2") == _degrees(sp=2, tp=2)
+    assert Layout.parse(Layout(dp_replicate=2, dp_shard=4, ep=2).text()) == Layout(dp_replicate=2, dp_shard=4, ep=2)
     for bad in ("tp", "pp=2", "tp=two", "tp=0"):
-        with pytest.raises(PlanInvalid):
-            parse_layout(bad)
+        with pytest.raises(ValueError):
+            Layout.parse(bad)
 
 
 def test_check_layout_refusals():
@@ -157,10 +164,27 @@ def test_refused_layouts_exit_2(args, message, monkeypatch, capsys, tmp_path):
     assert not (tmp_path / "k").exists()  # refused before anything was written
 
 
-SITECUSTOMIZE = '''
-    # Loaded by every Python process started with this directory on PYTHONPATH. In torchrun's
-    # workers (WORLD_SIZE > 1) only, each rank normalises its loss by its OWN target count instead
-    # of the step's global one: a real class of bug, which the one-process reference cannot have.
+def _perturbed(tmp_path, patch: str, plan: str, layout: str, steps: int, demo_assets, *extra):
+    """`planc verify` with `patch` as sitecustomize.py of every process it starts (it acts only in
+    torchrun's workers, i.e. in the layout runs): (process, JSON report)."""
+    d = tmp_path / "patch"
+    d.mkdir()
+    (d / "sitecustomize.py").write_text(textwrap.dedent(patch))
+    report = tmp_path / "result.json"
+    r = _verify([f"plans/{plan}.veo", "--layout", layout, "--steps", str(steps), "--data", "demo",
+                 "--demo-data", demo_assets["dir"], "--json", report, "--keep", tmp_path / "keep", *extra],
+                env={"PYTHONPATH": str(d)})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "FAILED" in r.stdout and "(fp64 verdict, tolerance 1e-09" in r.stdout, r.stdout
+    result = json.loads(report.read_text())
+    (run,) = result["layouts"]
+    assert not result["ok"] and not run["ok"] and not run["runs"]["fp64"]["within"]
+    return r, run
+
+
+LOCAL_COUNT = '''
+    # In torchrun's workers (WORLD_SIZE > 1) only, each rank normalises its loss by its OWN target
+    # count instead of the step's global one: a real class of bug, which one process cannot have.
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -178,20 +202,81 @@ SITECUSTOMIZE = '''
 def test_verify_fails_on_a_perturbed_layout(tmp_path, demo_assets):
     """The same command and tolerance as tests/test_layouts.py, on a layout made numerically wrong by
     a monkeypatch in the layout's processes only: exit 1, FAILED, and the differences shown."""
-    patch = tmp_path / "patch"
-    patch.mkdir()
-    (patch / "sitecustomize.py").write_text(textwrap.dedent(SITECUSTOMIZE))
-    report = tmp_path / "result.json"
-    r = _verify(["plans/qwen3-ulysses.veo", "--layout", "dp_shard=1,sp=2", "--steps", "2", "--data", "demo",
-                 "--demo-data", demo_assets["dir"], "--json", report, "--keep", tmp_path / "keep"],
-                env={"PYTHONPATH": str(patch)})
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "FAILED" in r.stdout
-    result = json.loads(report.read_text())
-    (run,) = result["layouts"]
-    assert not result["ok"] and not run["ok"]
+    _, run = _perturbed(tmp_path, LOCAL_COUNT, "qwen3-ulysses", "dp_shard=1,sp=2", 2, demo_assets, "--dtype", "fp64")
     # each sp rank saw about half the targets, so the reported loss is about twice the reference's
-    assert run["worst_loss_rel"] > 0.5 and math.isfinite(run["worst_loss_rel"]), run
+    fp64 = run["runs"]["fp64"]
+    assert fp64["worst_loss_rel"] > 0.5 and math.isfinite(fp64["worst_loss_rel"]), run
+
+
+AUX_LOSS_GROUP = '''
+    # In torchrun's workers only: the loss mesh says its size is 1, so the MoE load-balancing loss,
+    # which the script averages over the step's micro-batches on all dp x sp ranks, is not divided
+    # by the rank count: the router's gradient is too large by that factor.
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import runtime.dist as _dist
+
+        class _SizeOne:
+            def __init__(self, mesh):
+                self._mesh = mesh
+
+            def size(self, *args):
+                return 1
+
+            def __getattr__(self, name):
+                return getattr(self._mesh, name)
+
+        _build = _dist.build_mesh
+
+        def _build_mesh(*args, **kwargs):
+            mesh = _build(*args, **kwargs)
+            mesh.loss = _SizeOne(mesh.loss)
+            return mesh
+
+        _dist.build_mesh = _build_mesh
+'''
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_verify_fails_on_an_moe_layout_with_the_aux_loss_over_the_wrong_group(tmp_path, demo_assets):
+    """An EP layout whose only fault is in the router's load-balancing loss (weight 0.001): the
+    cross-entropy is right, so the loss barely moves, but the gradient norm shows it in fp64."""
+    _, run = _perturbed(tmp_path, AUX_LOSS_GROUP, "qwen3-moe-ep", "dp_shard=2,ep=2", 2, demo_assets,
+                        "--dtype", "fp64")
+    fp64 = run["runs"]["fp64"]
+    assert fp64["grad_norm_rel"][0] > 1e-7 and fp64["loss_rel"][0] < 1e-12, fp64  # step 1: same weights
+
+
+REDUCE_FP32 = '''
+    # In torchrun's workers only: FSDP reduces gradients in fp32 whatever the script asks for (a
+    # mixed-precision setting lost on the way), so an fp64 layout run sums its gradients in fp32.
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+        import runtime.parallel.fsdp as _fsdp
+
+        _apply = _fsdp.apply_fsdp
+
+        def _apply_fsdp(*args, **kwargs):
+            kwargs["reduce_dtype"] = torch.float32
+            return _apply(*args, **kwargs)
+
+        _fsdp.apply_fsdp = _apply_fsdp
+'''
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_verify_fails_on_an_error_below_fp32_rounding(tmp_path, demo_assets):
+    """Gradients reduced in fp32 in the fp64 runs: an error of ~7e-9, which no fp32 comparison can
+    tell from its own rounding (its tolerance is 1e-5), fails the fp64 verdict."""
+    r, run = _perturbed(tmp_path, REDUCE_FP32, "demo", "dp_shard=2", 3, demo_assets, "--dtype", "fp64")
+    fp64 = run["runs"]["fp64"]
+    worst = max(fp64["worst_loss_rel"], fp64["worst_grad_norm_rel"])
+    assert 1e-9 < worst < 1e-5, r.stdout  # 6.8e-9 here (step 2)
 
 
 # --- the export check ----------------------------------------------------------------------------
@@ -205,7 +290,7 @@ def test_check_export_catches_an_export_that_is_not_the_trained_model(tmp_path, 
     from safetensors.torch import load_file, save_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from planc.verify import check_export
+    from planc.verify.export import check_export
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_llama))

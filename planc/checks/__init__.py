@@ -38,8 +38,9 @@ class Context:
     # derived sizes used by several passes
     @property
     def dp(self) -> int:
-        d = self.degrees or {}
-        return d.get("dp_replicate", 1) * d.get("dp_shard", 1)
+        from ..layout import Layout
+
+        return Layout.from_degrees(self.degrees or {}).dp
 
     def rule_modules(self, kind: str, style: str | None = None) -> list[tuple[object, list[str]]]:
         """[(rule, matched module names)] for the rules of one kind."""

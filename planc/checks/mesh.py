@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from math import prod
 
-from ..schema import MESH_DIMS
+from ..layout import WORLD_DIMS as MESH_DIMS
+from ..layout import Layout
 
 RULES = {
     "mesh-auto": "at most one degree is `auto`, and it needs a world size to be derived from",
@@ -46,7 +47,8 @@ def check(ctx) -> None:
             return
         fixed[autos[0]] = world // rest
         ctx.notes.append(f"{autos[0]} = auto -> {fixed[autos[0]]}")
-    product = prod(fixed.values())
+    layout = Layout.from_degrees(dict(fixed, ep=p["mesh.ep"]))
+    product = layout.world
     if world is not None and product != world:
         written = [d for d in MESH_DIMS if p.settings[f"mesh.{d}"].written] or ["dp_shard"]
         span = p.span(f"mesh.{written[0]}")
@@ -57,11 +59,9 @@ def check(ctx) -> None:
         ctx.error("mesh-product", f"{_formula(fixed, written)} = {product}, but the world size is {world}",
                   span, _divisor_help(fixed, world, p) + f" (or run with --world {product})")
         return
-    degrees = dict(fixed, ep=p["mesh.ep"])
-    ctx.degrees = degrees
-    ctx.world = product
-    ep = degrees["ep"]
-    borrow = degrees["dp_shard"] * degrees["sp"]
+    ctx.degrees = layout.degrees()
+    ctx.world = layout.world
+    ep, borrow = layout.ep, layout.fsdp
     if ep > 1 and borrow % ep:
         ctx.error("ep-divides", f"ep({ep}) must divide dp_shard * sp = {borrow}: experts borrow those ranks",
                   p.span("mesh.ep"), "choose ep among " + ", ".join(str(d) for d in _divisors(borrow) if d > 1)

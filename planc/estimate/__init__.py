@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..diagnostics import Diagnostic
+from ..layout import Layout
 from .comm import Collective, per_axis, traffic, workload
-from .layout import Layout
 from .memory import MemoryEstimate, estimate_memory
 from .shards import states_per_rank
 

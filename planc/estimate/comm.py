@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..layout import Layout
 from ..model_tree import num_experts
-from .layout import Layout
 from .shards import BYTES, param_layouts, tp_styles, unit_sizes
 
 
@@ -74,7 +74,7 @@ def workload(ctx) -> Workload:
     fsdp = any(r.kind == "fsdp" for r in p.rules)
     seq = p["data.max_len"]
     rows = p["data.tokens"] / seq if p["data.pack"] == "dynamic" else p["train.micro_batch"]
-    dp = d["dp_replicate"] * d["dp_shard"]
+    dp = Layout.from_degrees(d).dp
     accum = max(1, p["train.global_batch"] // (p["train.micro_batch"] * dp))
     master = BYTES[p["model.dtype"]]
     return Workload(rows, seq, accum, BYTES[p["train.param_dtype"]] if fsdp else master,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..layout import Layout
 from .activations import checkpointed_layer_bytes, layer_bytes, rotary_bytes, shape_of
 from .comm import checkpointed_layers, layer_prefixes, workload
 from .shards import param_layouts, states_per_rank, tp_styles, unit_sizes
@@ -43,7 +44,7 @@ def zero_model_states(psi: float, nd: int, stage: int, k: int = 12) -> float:
 def zero_stage(ctx) -> int:
     """The ZeRO stage a plan's model states correspond to: FSDP2 shards parameters, gradients and
     optimizer states (3); replication or no data-parallel sharding keeps them whole (0)."""
-    return 3 if any(r.kind == "fsdp" for r in ctx.plan.rules) and ctx.degrees["dp_shard"] * ctx.degrees["sp"] > 1 else 0
+    return 3 if any(r.kind == "fsdp" for r in ctx.plan.rules) and Layout.from_degrees(ctx.degrees).fsdp > 1 else 0
 
 
 @dataclass
@@ -76,7 +77,7 @@ def shared_parts(ctx, params=None) -> tuple[dict[str, float], dict[str, float], 
     notes: list[str] = []
     parts = {"gathered": 0.0, "reduce": 0.0}
     fsdp = [r for r in plan.rules if r.kind == "fsdp"]
-    if fsdp and d["dp_shard"] * d["sp"] > 1:
+    if fsdp and Layout.from_degrees(d).fsdp > 1:
         units = unit_sizes(ctx, params)
         reshard = bool(fsdp[0].options["reshard_after_forward"].value)
         root = units.get("", {"numel": 0})["numel"]

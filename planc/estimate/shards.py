@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .layout import Layout
+from ..layout import Layout
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 

@@ -2,7 +2,8 @@
 
 The tokens are processed in chunks: each chunk's logits are computed, turned into per-token losses
 and, in place, into d loss / d logits, which are at once multiplied into the gradients of the
-hidden states (stored) and of the lm_head weight and bias (accumulated in fp32). Backward then only
+hidden states (stored) and of the lm_head weight and bias (accumulated in fp32, or in fp64 for an
+fp64 model: `runtime.loss.compute_dtype`, never narrower than the weights). Backward then only
 scales these by the incoming gradient. Peak memory is one chunk of logits instead of all of them,
 on CPU with the torch path too. The per-chunk row kernel is torch ops or Triton; the matmuls are
 torch (cuBLAS / MKL) in both.
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
+from ..loss import compute_dtype
 from .backend import check_impl, triton_module
 
 REDUCTIONS = ("sum", "mean")
@@ -24,15 +26,17 @@ CHUNK_ELEMENTS = 1 << 25
 
 def linear_cross_entropy_reference(hidden, weight, labels, bias=None, *, ignore_index: int = -100,
                                    label_smoothing: float = 0.0, reduction: str = "sum"):
-    """Unfused: full logits, upcast to fp32 (as HF's loss does), then F.cross_entropy."""
-    logits = F.linear(hidden, weight, bias).float()
+    """Unfused: full logits, upcast to fp32 (as HF's loss does; fp64 stays fp64), then F.cross_entropy."""
+    logits = F.linear(hidden, weight, bias)
+    logits = logits.to(compute_dtype(logits.dtype))
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                            ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
 
 
 def _torch_ce_rows_(logits, labels, ignore_index, smoothing, scale):
     """Torch twin of the Triton row kernel: per-row loss, logits overwritten by scale * dloss/dlogits."""
-    work = logits if logits.dtype == torch.float32 else logits.float()
+    wide = compute_dtype(logits.dtype)
+    work = logits if logits.dtype == wide else logits.to(wide)
     valid = labels != ignore_index
     safe = torch.where(valid, labels, 0)
     lse = torch.logsumexp(work, dim=-1)
@@ -68,10 +72,12 @@ class _FusedLinearCE(torch.autograd.Function):
         ce_rows_ = triton_module("cross_entropy").ce_rows_ if impl == "triton" else _torch_ce_rows_
 
         grad_h = torch.empty_like(hidden) if want_h else None
-        # fp32 accumulation over chunks; a bf16 weight would lose low bits chunk after chunk.
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
-        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if want_b else None
-        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        # fp32 (fp64 for fp64 weights) accumulation over chunks; a bf16 weight would lose low bits
+        # chunk after chunk.
+        acc = compute_dtype(weight.dtype)
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want_w else None
+        grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if want_b else None
+        loss = torch.zeros((), dtype=acc, device=hidden.device)
         for start in range(0, n_tokens, chunk):
             h = hidden[start:start + chunk]
             logits = F.linear(h, weight, bias)  # (chunk, vocab) in the compute dtype
@@ -80,12 +86,12 @@ class _FusedLinearCE(torch.autograd.Function):
             if want_h:
                 torch.mm(dlogits, weight, out=grad_h[start:start + chunk])
             if want_w:
-                if dlogits.dtype == torch.float32:
+                if dlogits.dtype == acc:
                     grad_w.addmm_(dlogits.t(), h)
                 else:
                     grad_w.add_(torch.mm(dlogits.t(), h))
             if want_b:
-                grad_b.add_(dlogits.sum(0, dtype=torch.float32))
+                grad_b.add_(dlogits.sum(0, dtype=acc))
             del logits, dlogits
         if reduction == "mean":
             loss = loss / n_valid if n_valid else loss * float("nan")  # no target: nan, like torch
@@ -112,7 +118,7 @@ class _FusedLinearCE(torch.autograd.Function):
 def fused_linear_cross_entropy(hidden, weight, labels, bias=None, *, ignore_index: int = -100,
                                label_smoothing: float = 0.0, reduction: str = "sum",
                                chunk_size: int | None = None, impl: str = "torch"):
-    """cross_entropy(hidden @ weight.T + bias, labels) in fp32, chunked over tokens.
+    """cross_entropy(hidden @ weight.T + bias, labels) in fp32 (fp64 for fp64), chunked over tokens.
 
     hidden (..., H), labels (...) of the same leading shape, weight (V, H), bias (V,) or None.
     reduction "sum" (what the training loop uses: it divides by the global target count itself)

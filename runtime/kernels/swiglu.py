@@ -10,6 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..loss import compute_dtype
 from .backend import check_impl, triton_module
 
 # HF hidden_act name -> kernel activation. gelu_new is HF's own tanh-approximation formula.
@@ -37,7 +38,8 @@ def act_and_mul_reference(gate, up, activation: str = "silu"):
 
 
 def _act_and_grad(g, activation):
-    """act(g) and d act / dg, in fp32, written out so backward needs no saved activation."""
+    """act(g) and d act / dg (in g's dtype: fp32 or wider), written out so backward needs no saved
+    activation."""
     if activation == "silu":
         s = torch.sigmoid(g)
         return g * s, s * (1 + g * (1 - s))
@@ -59,9 +61,10 @@ class _TorchActMul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         gate, up = ctx.saved_tensors
-        a, da = _act_and_grad(gate.float(), ctx.activation)
-        dy = dy.float()
-        return (dy * up.float() * da).to(gate.dtype), (dy * a).to(up.dtype), None
+        wide = compute_dtype(gate.dtype)  # fp32, or fp64 for an fp64 model
+        a, da = _act_and_grad(gate.to(wide), ctx.activation)
+        dy = dy.to(wide)
+        return (dy * up.to(wide) * da).to(gate.dtype), (dy * a).to(up.dtype), None
 
 
 class _TritonActMul(torch.autograd.Function):

@@ -1,0 +1,35 @@
+"""The HF export check of `planc verify`: a layout's export against its own last DCP checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def check_export(run_dir: Path) -> dict:
+    """The layout's HF export loaded as a user would (`from_pretrained`, one process) against the
+    model weights of the layout's own last DCP checkpoint, read back without any process group:
+    missing or unexpected names, and tensors that are not bitwise equal (dtype included: an fp64
+    run's export must load as fp64).
+
+    (Not against the one-process run's weights: after a few AdamW steps those differ by more than
+    the loss does, wherever a gradient is too small to rise above rounding: Adam normalises it.)"""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    ckpts = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    flat = run_dir / "last_checkpoint.pt"
+    dcp_to_torch_save(ckpts[-1], flat)
+    saved = torch.load(flat, weights_only=False)["model"]
+    flat.unlink()
+    model, info = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / "hf", output_loading_info=True)
+    state = model.state_dict()
+    problems = [f"{kind}: {names[:3]}" for kind, names in (("missing", sorted(info["missing_keys"])),
+                                                          ("unexpected", sorted(info["unexpected_keys"]))) if names]
+    problems += [f"not loaded: {k}" for k in sorted(set(saved) - set(state))[:3]]
+    problems += [f"{k}: loads as {state[k].dtype}, trained in {saved[k].dtype}" for k in sorted(set(saved) & set(state))
+                 if state[k].dtype != saved[k].dtype][:3]
+    problems += [f"{k}: differs from the checkpoint" for k in sorted(set(saved) & set(state))
+                 if state[k].dtype == saved[k].dtype and not torch.equal(state[k], saved[k])][:3]
+    return {"tensors": len(saved), "problems": problems, "checkpoint": ckpts[-1].name}
