@@ -78,9 +78,6 @@ def _check_source(ctx, src) -> None:
     path = src["path"]
     if path is None:
         return
-    if src["weight"] is not None and src["weight"] <= 0:
-        ctx.error("range", f"source {src.name!r}: weight must be more than 0", src.settings["weight"].span,
-                  "a weight is the source's share of the mixture; drop the source instead")
     span = src.settings["path"].span or src.span
     fmt_span = src.settings["format"].span or span
     try:
