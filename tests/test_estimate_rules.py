@@ -30,6 +30,8 @@ CASES = {
     # no activation checkpointing, long rows, a tiny budget: activations weigh most -> the parallelize block
     "memory-budget": ([('checkpoint "model.layers.*"', ""), ("max_len   = 64", "max_len   = 256")],
                       "parallelize {", "error", {"device_memory": "256KiB"}),
+    # rows of 10**12 tokens: no device holds that, and no --device-memory says one does
+    "memory-ceiling": ([("max_len   = 64", "max_len   = 1000000000000")], "max_len   = 1000000000000", "error", {}),
     # flash_attention_2 on a cuda plan: the check cannot know whether flash-attn is installed where the
     # script runs (it warns `attention-device`); the dry run builds the model and finds out
     "dry-run": ([("dp_shard = 2  device = cpu", "dp_shard = 2  device = cuda"),

@@ -26,11 +26,13 @@ RULES = {
     "ep-rules": "ep > 1 has an `ep` rule, and an `ep` rule has ep > 1",
     "rule-overlap": "no module or parameter is claimed by two sharding rules (the config's own tp plan included)",
     "tp-incomplete": "inside a block with colwise modules, every other weight has a tp rule (rowwise pairs colwise)",
-    "tp-sequence": "`tp sequence` covers every norm on the residual stream, and is not used with MoE experts",
+    "tp-sequence": "`tp sequence` covers every norm on the residual stream, is not used with MoE experts, and "
+                   "keeps documents within a sliding-window model's window",
     "tp-tied": "tied embeddings are not sharded by vocab / loss / colwise head rules",
     "ep-cover": "`ep` rules cover every experts module (tokens are dispatched in every MoE layer)",
     "sp-cover": "`sp ulysses` names attention modules, and covers every one (the sequence is sharded everywhere)",
-    "sp-attention": "Ulysses wraps sdpa or the model's own eager attention, not flash_attention_2",
+    "sp-attention": "Ulysses wraps sdpa or the model's own eager attention, not flash_attention_2, and "
+                    "documents stay within a sliding-window model's window",
 }
 
 
@@ -83,9 +85,39 @@ def check(ctx) -> None:
         ctx.warn("ep-rules", "`ep` rules have no effect with ep = 1", ep_rules[0].span, "set ep in `mesh`")
     _ep_experts(ctx, ep)
 
+    _sliding_window(ctx, sp_rules, seq)
+
     tp_errors = any(x.rule in ("tp-module", "rule-overlap", "tp-rules") for x in ctx.diags[n_err:])
     _coverage(ctx, tp_rules, sp_rules, ep_rules, n_exp, assigned, tp_errors)
     _param_overlap(ctx, assigned)
+
+
+def sliding_window(config) -> int | None:
+    """Tokens of the model's sliding-window attention layers, or None when every layer attends to
+    the whole (causal) row."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if not window or (types is not None and "sliding_attention" not in types):
+        return None
+    if getattr(config, "use_sliding_window", True) is False:
+        return None
+    return int(window)
+
+
+def _sliding_window(ctx, sp_rules, seq: bool) -> None:
+    """Ulysses and sequence-parallel TP hand attention a block-causal mask over the whole row (built
+    from the positions): a sliding window would be silently dropped once rows outgrow it."""
+    window = sliding_window(ctx.tree.config)
+    max_len = ctx.plan["data.max_len"]  # documents are at most max_len; the mask stops at their ends
+    if window is None or max_len <= window:
+        return
+    for active, rule, what in ((ctx.degrees["sp"] > 1 and sp_rules, "sp-attention", "Ulysses"),
+                               (ctx.degrees["tp"] > 1 and seq, "tp-sequence", "sequence-parallel TP")):
+        if active:
+            ctx.error(rule, f"{ctx.tree.model_type} attends within sliding windows of {window} tokens, but "
+                      f"{what} masks whole documents: documents of up to {max_len} tokens would attend past "
+                      "the window", ctx.plan.span("data.max_len"), f"use max_len <= {window}")
+            return
 
 
 def _tp_kinds(ctx, assigned) -> bool:
