@@ -15,6 +15,7 @@ a machine without a GPU cannot answer, and shard shapes do not depend on the dev
 from __future__ import annotations
 
 import contextlib
+import importlib
 import time
 from dataclasses import dataclass, field
 
@@ -57,113 +58,71 @@ def _first_line(e: BaseException) -> str:
     return (text.strip().splitlines() or [type(e).__name__])[0]
 
 
-def _blame(rules, message: str, ctx):
-    """The rule whose matched modules the error names (else the first rule of the step)."""
-    for i, r in enumerate(ctx.plan.rules):
-        if r not in rules:
-            continue
-        for j in range(len(r.globs)):
-            if any(f"'{m}'" in message or f'"{m}"' in message for m in ctx.matches.get((i, j), [])):
-                return r
-    return rules[0]
+def _blame(blame, message: str):
+    """The span of the rule whose matched modules the error names (else the step's first rule)."""
+    for span, modules in blame:
+        if any(f"'{m}'" in message or f'"{m}"' in message for m in modules):
+            return span
+    return blame[0][0] if blame else None
 
 
-@contextlib.contextmanager
-def _step(what: str, span, rules=None, ctx=None):
-    try:
-        yield
-    except (Exception, SystemExit) as e:  # the runtime exits with a message on bad settings
-        if rules:
-            span = _blame(rules, str(e), ctx).span
-        raise StepFailed(what, span, e) from e
+class _Notes:
+    """The script's `log` in a dry run: what it would log becomes a note of the report."""
+
+    def __init__(self, notes: list[str]):
+        self.notes = notes
+
+    def info(self, message) -> None:
+        self.notes.append(str(message))
 
 
-def _modules(model, rule) -> list[str]:
-    from runtime.parallel.globs import match_modules
+def namespace(ir, info, notes: list[str]) -> dict:
+    """The names the script's set-up statements use, bound as the generated script binds them:
+    `cfg` from the IR's own settings (config.load, as the script's first line runs it)."""
+    from runtime import config, dist, model, optim
 
-    names: list[str] = []
-    for g in rule.globs:
-        names += [n for n in match_modules(model, g.pattern) if n not in names]
-    return names
-
-
-def parallelize(model, mesh, checked) -> list[str]:
-    """Apply the plan's `parallelize` rules to `model` over `mesh` (a runtime.dist.Mesh) with the
-    runtime functions the generated script calls, in the compiler's order (planc.lower.ORDER).
-    Returns notes on what was not applied; raises StepFailed located at the responsible rule."""
-    from runtime.model import DTYPES
-    from runtime.parallel.checkpointing import apply_activation_checkpointing
-    from runtime.parallel.ddp import apply_replicate
-    from runtime.parallel.ep import apply_ep, shard_experts
-    from runtime.parallel.fsdp import apply_fsdp
-    from runtime.parallel.mesh_ep import ep_meshes
-    from runtime.parallel.tp import apply_tp, tp_rules_from_config
-    from runtime.parallel.ulysses import apply_ulysses
-
-    from .lower import ORDER
-
-    plan, ctx = checked.plan, checked.ctx
-    d = ctx.degrees
-    by_kind = {k: [r for r in plan.rules if r.kind == k] for k in ORDER}
-    notes: list[str] = []
-    ep_fsdp = None
-    for kind in ORDER:
-        rules = by_kind[kind]
-        if not rules:
-            continue
-        if kind == "tp":
-            with _step("tp", rules[0].span, rules, ctx):
-                tp_rules = []
-                for r in rules:
-                    if r.options.get("plan") is not None and r.options["plan"].value == "model":
-                        from_cfg, _ = tp_rules_from_config(model)
-                        tp_rules += from_cfg
-                    if r.globs:
-                        tp_rules.append((r.style, _modules(model, r)))
-                apply_tp(model, mesh.tp, _merge(tp_rules))
-        elif kind == "ep":
-            with _step("ep", rules[0].span, rules, ctx):
-                ep_mesh, ep_fsdp = ep_meshes(mesh.root, d["ep"])
-                apply_ep(model, ep_mesh, [m for r in rules for m in _modules(model, r)])
-        elif kind == "sp":
-            with _step("sp ulysses", rules[0].span, rules, ctx):
-                apply_ulysses(model, mesh.sp, [m for r in rules for m in _modules(model, r)])
-        elif kind == "checkpoint":
-            for r in rules:
-                with _step("checkpoint", r.span):
-                    apply_activation_checkpointing(model, [g.pattern for g in r.globs])
-        elif kind == "compile":
-            notes.append("compile rules are not applied in a dry run (they do not change shard sizes)")
-        elif kind == "fsdp":
-            opts = {k: s.value for k, s in rules[0].options.items()}
-            if any({k: s.value for k, s in r.options.items()} != opts for r in rules[1:]):
-                notes.append(f"fsdp rules disagree on options; the dry run used line {rules[0].span.line}'s")
-            param_dtype = DTYPES[plan["train.param_dtype"]]
-            reduce_dtype = DTYPES[plan["train.reduce_dtype"]]
-            with _step("fsdp", rules[0].span, rules, ctx):
-                if ep_fsdp is not None:
-                    from torch.distributed.fsdp import MixedPrecisionPolicy
-
-                    shard_experts(model, ep_fsdp, mp_policy=MixedPrecisionPolicy(
-                        param_dtype=param_dtype, reduce_dtype=reduce_dtype),
-                        reshard_after_forward=bool(opts.get("reshard_after_forward", True)))
-                apply_fsdp(model, mesh.fsdp, [g.pattern for r in rules for g in r.globs],
-                           reshard_after_forward=bool(opts.get("reshard_after_forward", True)),
-                           param_dtype=param_dtype, reduce_dtype=reduce_dtype,
-                           offload=bool(opts.get("offload", False)))
-        elif kind == "replicate":
-            with _step("replicate", rules[0].span):
-                apply_replicate(model, mesh.root["dp_replicate"])
-    return notes
+    settings = {s.key: s.value for s in ir.settings}
+    return {"cfg": config.load(settings, argv=[], prog=ir.out_path), "info": info, "dist": dist, "models": model,
+            "optim": optim, "log": _Notes(notes)}
 
 
-def _merge(rules):
-    """[(style, names)] with one entry per style, in first-seen order (apply_tp's input)."""
-    out: dict[str, list[str]] = {}
-    for style, names in rules:
-        out.setdefault(style, [])
-        out[style] += [n for n in names if n not in out[style]]
-    return list(out.items())
+def evaluate(expr, ns: dict, calls: list | None = None):
+    """The value of an IR expression in `ns`; every call made is appended to `calls`."""
+    from .emit import render_expr
+    from .ir import Call, Code, Items
+
+    if isinstance(expr, Code):
+        return eval(compile(expr.src, "<planc step>", "eval"), {"__builtins__": __builtins__}, ns)  # noqa: S307
+    if isinstance(expr, Call):
+        fn = getattr(ns[expr.via], expr.name) if expr.via else getattr(importlib.import_module(expr.module), expr.name)
+        args = [evaluate(a, ns, calls) for a in expr.args]
+        kwargs = {k: evaluate(v, ns, calls) for k, v in expr.kwargs}
+        if calls is not None:
+            calls.append(render_expr(expr))
+        return fn(*args, **kwargs)
+    if isinstance(expr, Items):
+        items = [evaluate(item, ns, calls) for item, _ in expr.items]
+        return (evaluate(expr.prefix, ns, calls) if expr.prefix else []) + items
+    if isinstance(expr, (list, tuple)):
+        return type(expr)(evaluate(x, ns, calls) for x in expr)
+    return expr
+
+
+def execute(ir, ns: dict, calls: list | None = None) -> None:
+    """Run the script's set-up (mesh, model, kernels, every parallelize step, optimizer) in `ns`;
+    a statement that raises is a StepFailed located at the plan line it comes from."""
+    for what, stmts in ir.setup():
+        step = next((s for s in ir.steps if s.stmts is stmts), None)
+        for st in stmts:
+            try:
+                value = evaluate(st.call, ns, calls)
+            except (Exception, SystemExit) as e:  # the runtime exits with a message on bad settings
+                span = _blame(step.blame, str(e)) if step is not None else None
+                raise StepFailed(what, span or st.span or (step.blame[0][0] if step and step.blame else None), e) from e
+            if len(st.assign) == 1:
+                ns[st.assign[0]] = value
+            elif st.assign:
+                ns.update(zip(st.assign, value))
 
 
 # -- what the dry run records -------------------------------------------------------------------
@@ -316,15 +275,6 @@ def record_specs(model, optimizer) -> list[TensorSpec]:
     return specs
 
 
-def build_optimizer(model, plan):
-    """The optimizer the generated script builds (runtime.optim.build_optimizer with the plan's
-    settings)."""
-    from runtime.optim import build_optimizer as build
-
-    return build(model, lr=plan["train.lr"], weight_decay=plan["train.weight_decay"],
-                 betas=plan["train.betas"], eps=plan["train.eps"])
-
-
 def init_optimizer_states(model, optimizer) -> None:
     """Create the optimizer's states the way training does: one `step()` with gradients laid out
     like their parameters (FSDP2's reduce-scatter output has the parameter's sharding)."""
@@ -381,22 +331,17 @@ def _build(checked, rank: int):
     import torch
 
     from runtime import dist as rdist
-    from runtime import model as rmodel
 
-    plan, ctx = checked.plan, checked.ctx
-    d = ctx.degrees
-    with fake_world(rank, ctx.world):
-        info = rdist.DistInfo(rank, ctx.world, 0, torch.device("cpu"), "fake")
-        with _step("mesh", plan.blocks.get("mesh", plan.name_span)):
-            mesh = rdist.build_mesh(info, dp_replicate=d["dp_replicate"], dp_shard=d["dp_shard"], sp=d["sp"],
-                                    tp=d["tp"])
-        with _step("model", plan.value_span("model.config")):
-            model = rmodel.build_meta(plan["model.config"], dtype=plan["model.dtype"],
-                                      attention=plan["model.attention"])
-        notes = parallelize(model, mesh, checked)
-        with _step("optimizer", plan.span("train.optimizer")):
-            optimizer = build_optimizer(model, plan)
-            init_optimizer_states(model, optimizer)
+    from .lower import lower
+
+    ir = lower(checked, f"generated/{checked.plan.name}.py")
+    notes: list[str] = []
+    with fake_world(rank, checked.ctx.world):
+        info = rdist.DistInfo(rank, checked.ctx.world, 0, torch.device("cpu"), "fake")
+        ns = namespace(ir, info, notes)
+        execute(ir, ns)
+        model, optimizer = ns["model"], ns["optimizer"]
+        init_optimizer_states(model, optimizer)
         specs = record_specs(model, optimizer)
     return specs, notes
 

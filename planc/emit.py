@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import sys
 from pathlib import Path
 
 import jinja2
 
 from .diagnostics import render
-from .ir import ScriptIR
-from .lower import lower
+from .ir import Call, Code, Items, ScriptIR, Stmt
+from .lower import docstring_path, lower
 
 _PLAIN = (str, int, float, bool, type(None))
 
@@ -35,6 +36,13 @@ def py(value) -> str:
     raise TypeError(f"not plain data: {type(value).__name__}")
 
 
+_LITERAL = py  # what renders plain values; the structure probe swaps it (render_script)
+
+
+def _lit(value) -> str:
+    return _LITERAL(value)
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
@@ -45,7 +53,7 @@ def _environment() -> jinja2.Environment:
 
 def settings_lines(ir: ScriptIR) -> list[str]:
     """`"key": value,` lines with their plan-line comments aligned in one column."""
-    heads = [f"{py(s.key)}: {py(s.value)}," for s in ir.settings]
+    heads = [f"{_lit(s.key)}: {_lit(s.value)}," for s in ir.settings]
     width = min(max(len(h) for h in heads), 60) + 2
     return [f"{h.ljust(width)}# {s.where}" for h, s in zip(heads, ir.settings)]
 
@@ -54,19 +62,59 @@ def source_lines(ir: ScriptIR, width: int = 100) -> list[str]:
     """`Source(...)` calls, wrapped one field per line when a call would be too wide."""
     out = []
     for s in ir.sources:
-        args = [f"name={py(s.name)}"] + [f"{f}=cfg.data.{s.name}.{f}" for f in s.fields]
+        args = [f"name={_lit(s.name)}"] + [f"{f}=cfg.data.{s.name}.{f}" for f in s.fields]
         one = f"Source({', '.join(args)}),"
         out += [one] if len(one) + 4 <= width else [f"Source({args[0]},"] + [
             f"       {a}," for a in args[1:-1]] + [f"       {args[-1]}),"]
     return out
 
 
-def loader_extra(ir: ScriptIR) -> list[str]:
-    """build_loader keywords for the data features this plan uses (dynamic batching, sft, streaming)."""
-    keys = {s.key for s in ir.settings}
-    pairs = [f"{k.split('.')[1]}=cfg.{k}," for k in ("data.tokens", "data.warmup_steps", "data.chat_template",
-                                                     "data.system_prompt", "data.truncation", "data.shuffle_buffer")
-             if k in keys]
+def render_expr(expr) -> str:
+    """Python source of an IR expression (planc/ir.py); plain values through `py`."""
+    if isinstance(expr, Code):
+        return expr.src
+    if isinstance(expr, Call):
+        args = [render_expr(a) for a in expr.args] + [f"{k}={render_expr(v)}" for k, v in expr.kwargs]
+        return f"{_spelled(expr)}({', '.join(args)})"
+    if isinstance(expr, Items):
+        lines = "".join(f"    {render_expr(item)},  # {comment}\n" for item, comment in expr.items)
+        return (f"{expr.prefix.src} + " if expr.prefix else "") + f"[\n{lines}]"
+    if isinstance(expr, (list, tuple)) and any(isinstance(x, (Code, Call, Items, list, tuple)) for x in expr):
+        inner = ", ".join(render_expr(x) for x in expr)
+        return f"[{inner}]" if isinstance(expr, list) else f"({inner}{',' if len(expr) == 1 else ''})"
+    return _lit(expr)
+
+
+def _spelled(call: Call) -> str:
+    return f"{call.via}.{call.name}" if call.via else call.name
+
+
+def stmt_lines(st: Stmt) -> list[str]:
+    """A set-up statement as lines: its note above, then `[a, b =] f(args)  # where`, wrapped
+    greedily at `st.wrap` columns (continuations aligned after the parenthesis, a little wider)."""
+    head = (", ".join(st.assign) + " = " if st.assign else "") + _spelled(st.call) + "("
+    args = [render_expr(a) for a in st.call.args] + [f"{k}={render_expr(v)}" for k, v in st.call.kwargs]
+    comment = f"  # {st.where}" if st.where else ""
+    out = [f"# {st.note}"] if st.note else []
+    one = head + ", ".join(args) + ")"
+    if st.wrap is None or len(one) <= st.wrap:
+        first, *rest = one.split("\n")
+        return out + [first + comment] + rest
+    lines, line, limit = [], head, st.wrap
+    for i, arg in enumerate(args):
+        piece = arg + (")" if i == len(args) - 1 else ",")
+        if line.strip() and line != head and len(line) + 1 + len(piece) > limit:
+            lines.append(line)
+            line, limit = " " * len(head), st.wrap + 20
+        line += ("" if line.endswith("(") or not line.strip() else " ") + piece
+    lines.append(line)
+    lines[0] += comment
+    return out + lines
+
+
+def loader_lines(ir: ScriptIR) -> list[str]:
+    """build_loader keywords for the data features this plan uses, wrapped at ~76 columns."""
+    pairs = [f"{kw}={expr}," for kw, expr in ir.loader_kwargs]
     lines, line = [], ""
     for p in pairs:
         if line and len(line) + len(p) + 1 > 76:
@@ -76,27 +124,50 @@ def loader_extra(ir: ScriptIR) -> list[str]:
     return lines + ([line] if line else [])
 
 
-def pad_multiple(ir: ScriptIR) -> str:
-    """Rows must split evenly over the ranks that shard the sequence (Ulysses, sequence-parallel TP)."""
-    parts = (["cfg.mesh.sp"] if "sp" in ir.features else []) + (["cfg.mesh.tp"] if ir.tp_sequence else [])
-    return " * ".join(parts)
+def _render(ir: ScriptIR, literal) -> str:
+    env = _environment()
+    env.filters["py"] = literal
+    env.filters["code"] = lambda st: "\n".join(
+        line for x in (st if isinstance(st, list) else [st]) for line in stmt_lines(x))
+    global _LITERAL  # noqa: PLW0603 (one render at a time)
+    _LITERAL, saved = literal, _LITERAL
+    try:
+        return env.get_template("train.py.j2").render(
+            ir=ir, settings=settings_lines(ir), source_lines=source_lines(ir),
+            shown_path=docstring_path(ir.out_path), keys={s.key for s in ir.settings},
+            loader_extra=loader_lines(ir))
+    finally:
+        _LITERAL = saved
 
 
-def one_process(ir: ScriptIR) -> str:
-    """The overrides that run a data-parallel plan as one process (empty for other layouts)."""
-    if ir.world == 1 or set(ir.mesh) - {"dp_replicate", "dp_shard"}:
-        return ""
-    return " ".join(f"--{key} 1" for dim, key in ir.mesh.items()
-                    if next(s.value for s in ir.settings if s.key == key) != 1)
+def _neutral(value):
+    """`value` with every string replaced by the same placeholder (the structure probe)."""
+    if isinstance(value, str):
+        return "x"
+    if isinstance(value, (list, tuple)):
+        return type(value)(_neutral(v) for v in value)
+    if isinstance(value, dict):
+        return {f"k{i}": _neutral(v) for i, v in enumerate(value.values())}
+    return value
+
+
+def _skeleton(text: str) -> str:
+    """The script's code with every constant blanked: what the template wrote, whatever the values."""
+    tree = ast.parse(text)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant):
+            node.value = None
+    return ast.dump(tree)
 
 
 def render_script(ir: ScriptIR) -> str:
-    launch = f"torchrun --standalone --nproc-per-node {ir.world} {ir.out_path}"
-    text = _environment().get_template("train.py.j2").render(
-        ir=ir, settings=settings_lines(ir), source_lines=source_lines(ir), launch=launch,
-        keys={s.key for s in ir.settings}, one_process=one_process(ir), loader_extra=loader_extra(ir),
-        pad_multiple=pad_multiple(ir), uses_expand=bool(ir.features & {"tp", "ep", "sp"}))
-    ast.parse(text)  # a plan can never produce a script that does not parse
+    """The script's text. It is parsed before it is returned, and its code (every constant blanked)
+    must equal the code rendered with every plan string replaced by a placeholder: strings from a
+    plan or the command line can only ever be constants, never code."""
+    text = _render(ir, py)
+    probe = _render(ir, lambda v: py(_neutral(v)))
+    if _skeleton(text) != _skeleton(probe):
+        raise AssertionError("planc bug: a value of the plan changed the code of the generated script")
     return text
 
 

@@ -1,8 +1,61 @@
-"""The lowered plan: what the template needs and nothing else (codegen reads only this)."""
+"""The lowered plan: what the template needs and nothing else (codegen reads only this).
+
+The set-up of a script — the mesh, the model, its kernels, every parallelize step and the optimizer
+— is a list of `Stmt`s: calls of runtime functions with their arguments. The template renders them
+as code (planc/emit.py) and `planc check --dry-run` executes them (planc/dryrun.py), so the two
+cannot disagree about what a plan does.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
+
+
+@dataclass(frozen=True)
+class Code:
+    """A Python expression over the names the script defines (`model`, `mesh.fsdp`, `cfg.train.lr`)."""
+
+    src: str
+
+
+@dataclass(frozen=True)
+class Call:
+    """A call of `module.name`. `via` is how the script spells the module when it imports the
+    module itself (`from runtime import dist` -> `dist.build_mesh`); without it the function is
+    imported by name (`from runtime.parallel.fsdp import apply_fsdp`)."""
+
+    module: str
+    name: str
+    args: tuple = ()  # Expr, ...
+    kwargs: tuple = ()  # (keyword, Expr), ...
+    via: str | None = None
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.module}.{self.name}"
+
+
+@dataclass(frozen=True)
+class Items:
+    """A list written one item per line, each with its own plan-line comment."""
+
+    items: tuple  # (Expr, comment), ...
+    prefix: Code | None = None  # `tp_rules + [...]`
+
+
+Expr = Union[Code, Call, Items, Any]  # anything else is a plain literal (rendered with repr)
+
+
+@dataclass
+class Stmt:
+    """One statement of the set-up: `[assign =] call  # where`, optionally wrapped at `wrap` columns."""
+
+    call: Call
+    assign: tuple[str, ...] = ()
+    where: str | None = None  # the plan line, as a trailing comment
+    note: str | None = None  # a comment line above the statement
+    wrap: int | None = 100  # None: one line whatever its length
+    span: Any = None  # the plan Span a failure of this statement is reported at (dry run)
 
 
 @dataclass
@@ -14,16 +67,16 @@ class SettingLine:
 
 @dataclass
 class Step:
-    """One parallelize step, in the order the compiler applies them."""
+    """One parallelize step, in the order the compiler applies them: its statements, the plan line
+    it comes from and why it sits where it does."""
 
-    kind: str  # tp | ep | sp | checkpoint | compile | fsdp | replicate
+    kind: str  # a key of planc.steps.STEPS
     where: str
     why: str
-    globs: list[str] = field(default_factory=list)
-    style: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    rules: list[tuple[str, list[str], str]] = field(default_factory=list)  # tp: (style, globs, where)
-    from_model: bool = False  # tp: start from the config's own base_model_tp_plan
+    stmts: list[Stmt] = field(default_factory=list)
+    # (plan span, module names) of each rule behind the step: the dry run blames the rule whose
+    # modules a runtime error names
+    blame: list[tuple[Any, list[str]]] = field(default_factory=list)
 
 
 @dataclass
@@ -43,12 +96,30 @@ class ScriptIR:
     description: str
     settings: list[SettingLine]
     where: dict[str, str]  # section -> "demo.veo:11" or "demo.veo:13-16"
-    mesh: dict[str, str]  # build_mesh keyword -> settings key ("dp_shard" -> "mesh.dp_shard")
+    mesh: dict[str, str]  # mesh degree -> settings key ("dp_shard" -> "mesh.dp_shard")
+    build_mesh: Stmt
+    build_model: Stmt
     steps: list[Step]
+    build_optimizer: Stmt
     sources: list[SourceIR]
+    apply_kernels: list[Stmt] = field(default_factory=list)
+    imports: dict[str, list[str]] = field(default_factory=dict)  # module -> names, in import order
+    loader_kwargs: list[tuple[str, str]] = field(default_factory=list)  # build_loader keyword -> expression
+    pad_multiple: str = ""  # rows padded to a multiple of this expression (sequence sharding)
+    one_process: str = ""  # the overrides that run a data-parallel plan as one process
+    gpus_per_node: int = 8  # processes per node (mesh.gpus_per_node): more than that spans nodes
+    launch: str = ""  # the command line that starts the script (a node's, when it spans nodes)
+    launch_lines: list[str] = field(default_factory=list)  # how to start it, as the docstring says
     tp_loss: bool = False  # vocab-sharded logits: cross-entropy and backward under loss_parallel
     tp_sequence: bool = False  # sequence-parallel norms: an explicit block-causal mask is needed
+    model_parallel: bool = False  # tp, ep or sp steps: the docstring says how to verify the layout
+    block_mask: bool = False  # the loop builds the packed documents' mask itself (tp sequence without sp)
     moe_aux: bool = False  # an MoE model: its load-balancing loss joins the backward
     kernels: dict[str, str] = field(default_factory=dict)  # op -> settings key
     checkpoint: bool = False
-    features: set[str] = field(default_factory=set)  # fsdp, ddp, tp, sp, ep, checkpointing, compile, kernels
+    features: set[str] = field(default_factory=set)  # step kinds, plus "kernels"
+
+    def setup(self) -> list[tuple[str, list[Stmt]]]:
+        """The set-up in the order the script runs it: what the dry run executes."""
+        return ([("mesh", [self.build_mesh]), ("model", [self.build_model]), ("kernels", self.apply_kernels)]
+                + [(s.kind, s.stmts) for s in self.steps] + [("optimizer", [self.build_optimizer])])

@@ -3,28 +3,26 @@ the plan line it comes from), and the parallelize steps in the one order that co
 TP/EP/SP -> activation checkpointing -> compile -> FSDP (bottom-up) / replication."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 
-from .ir import ScriptIR, SettingLine, SourceIR, Step
+from .commands import launch
+from .ir import Call, Code, Items, ScriptIR, SettingLine, SourceIR, Stmt
 from .model_tree import num_experts
 from .schema import KERNELS
-
-WHY = {
-    "tp": "tensor parallel first: it turns weights into DTensors that FSDP then shards on the data dims",
-    "ep": "experts next: each ep rank keeps its experts, and tokens travel to them by all-to-all",
-    "sp": "Ulysses swaps the attention function (all-to-all around it); parameters are untouched",
-    "checkpoint": "checkpoint whole blocks before FSDP wraps them, so the recomputation gathers weights again",
-    "compile": "compile each block after checkpointing and before FSDP, so FSDP's hooks stay outside the graph",
-    "fsdp": "FSDP2 units bottom-up (each matching module, then the root): one unit's full weights at a time",
-    "replicate": "plain replication: every rank holds the whole model and gradients are all-reduced",
-}
-ORDER = ["tp", "ep", "sp", "checkpoint", "compile", "fsdp", "replicate"]
+from .steps import build_steps
 
 
 def safe_comment_text(text: str) -> str:
     """Paths in comments and docstrings: nothing that could end a comment or a string."""
     return re.sub(r"[^\w./+=,:@-]", "_", text)
+
+
+def docstring_path(path: str) -> str:
+    """A path as a docstring or comment shows it: as is when it is plain, else with every other
+    character replaced (`\"\"\"`, a backslash or a line break in a path must not reach the code)."""
+    return path if re.fullmatch(r"[\w./+=,:@-]+", path) else safe_comment_text(path)
 
 
 class _Lowering:
@@ -127,38 +125,41 @@ class _Lowering:
                 if p[f"kernels.{op}"] != "off":
                     self.add(f"kernels.{op}")
                     kernels[op] = f"kernels.{op}"
-        steps = self.steps()
-        features = {s.kind for s in steps}
-        # with any TP the logits may come out vocab-sharded (a `loss` rule, or the model's own plan):
-        # the loop then computes cross-entropy and backward under loss_parallel (a no-op otherwise)
-        tp_loss = "tp" in features
+        steps = build_steps(p, self.file, ctx.matches)
+        kinds = {s.kind for s in steps}
         tp_sequence = "sequence" in {r.style for r in p.rules if r.kind == "tp"}
-        if kernels:
-            features.add("kernels")
-        return ScriptIR(
+        ir = ScriptIR(
             name=p.name, plan_path=safe_comment_text(p.file), plan_file=self.file, out_path=self.out_path,
             world=ctx.world, device=p["mesh.device"], description=self.description(),
-            settings=self.settings, where=self.wheres(), mesh=mesh, steps=steps, sources=sources,
-            kernels=kernels, checkpoint=has_ckpt, features=features, tp_loss=tp_loss, tp_sequence=tp_sequence,
-            moe_aux=moe_aux)
+            settings=self.settings, where=self.wheres(), mesh=mesh,
+            build_mesh=Stmt(Call("runtime.dist", "build_mesh", via="dist"), ("mesh",), wrap=None,
+                            span=p.blocks.get("mesh", p.name_span)),
+            build_model=self.build_model(), steps=steps, build_optimizer=self.build_optimizer(), sources=sources,
+            apply_kernels=self.apply_kernels(kernels), kernels=kernels, checkpoint=has_ckpt,
+            # with any TP the logits may come out vocab-sharded (a `loss` rule, or the model's own plan):
+            # the loop then computes cross-entropy and backward under loss_parallel (a no-op otherwise)
+            tp_loss="tp" in kinds, tp_sequence=tp_sequence, moe_aux=moe_aux, gpus_per_node=p["mesh.gpus_per_node"])
+        return derive(ir)
 
-    def steps(self) -> list[Step]:
-        out = []
-        for kind in ORDER:
-            rules = [r for r in self.plan.rules if r.kind == kind]
-            if kind == "tp" and rules:  # every tp rule goes into one apply_tp call
-                lines = sorted({r.span.line for r in rules})
-                where = f"{self.file}:{lines[0]}" + (f"-{lines[-1]}" if len(lines) > 1 else "")
-                from_model = any(r.options.get("plan") and r.options["plan"].value == "model" for r in rules)
-                out.append(Step("tp", where, WHY["tp"], from_model=from_model,
-                                rules=[(r.style, [g.pattern for g in r.globs], f"{self.file}:{r.span.line}")
-                                       for r in rules if r.style]))
-                continue
-            for r in rules:
-                opts = {k: s.value for k, s in r.options.items()}
-                out.append(Step(kind, f"{self.file}:{r.span.line}", WHY[kind], [g.pattern for g in r.globs],
-                                r.style, opts))
-        return out
+    # the set-up statements the script runs and the dry run executes (planc/ir.py) -----------------
+    def build_model(self) -> Stmt:
+        call = Call("runtime.model", "build_meta", (Code("cfg.model.config"),),
+                    (("dtype", Code("cfg.model.dtype")), ("attention", Code("cfg.model.attention"))), via="models")
+        return Stmt(call, ("model",), wrap=None, span=self.plan.value_span("model.config"))
+
+    def apply_kernels(self, kernels: dict) -> list[Stmt]:
+        if not kernels:
+            return []
+        choices = "{" + ", ".join(f'"{op}": cfg.{key}' for op, key in kernels.items()) + "}"
+        span = self.plan.blocks.get("kernels")
+        return [Stmt(Call("runtime.kernels", "apply_kernels", (Code("model"), Code(choices), Code("info.device"))),
+                     ("kernels",), span=span),
+                Stmt(Call("", "info", (Code('f"kernels: {kernels}"'),), via="log"), span=span)]
+
+    def build_optimizer(self) -> Stmt:
+        call = Call("runtime.optim", "build_optimizer", (Code("model"),), tuple(
+            (k, Code(f"cfg.train.{k}")) for k in ("lr", "weight_decay", "betas", "eps")), via="optim")
+        return Stmt(call, ("optimizer",), span=self.plan.span("train.optimizer"))
 
     def wheres(self) -> dict[str, str]:
         return {
@@ -197,6 +198,79 @@ def _moe_aux_coef(config) -> float | None:
     if not num_experts(config) or not hasattr(config, "router_aux_loss_coef"):
         return None
     return float(config.router_aux_loss_coef)
+
+
+# what the train loop imports for the features it uses, beside the set-up's own calls
+_LOOP_IMPORTS = {"tp_loss": ("runtime.parallel.tp", "loss_context"),
+                 "sp": ("runtime.parallel.ulysses", "slice_for_sp"),
+                 "block_mask": ("runtime.parallel.ulysses", "block_causal_mask"),
+                 "fused_ce": ("runtime.kernels", "fused_lm_loss_sum")}
+# import lines in this order (a module not named here comes after them, by name)
+_IMPORT_ORDER = ["runtime.kernels", "runtime.parallel.globs", "runtime.parallel.tp", "runtime.parallel.ep",
+                 "runtime.parallel.mesh_ep", "runtime.parallel.ulysses", "runtime.parallel.checkpointing",
+                 "runtime.parallel.compile", "runtime.parallel.fsdp", "runtime.parallel.ddp"]
+# build_loader keywords of the data features a plan may use: settings key -> keyword
+_LOADER_KEYS = ("data.tokens", "data.warmup_steps", "data.chat_template", "data.system_prompt", "data.truncation",
+                "data.shuffle_buffer")
+
+
+def derive(ir: ScriptIR) -> ScriptIR:
+    """Fill in what follows from the IR's steps and settings: the features, the mesh call, the
+    imports, the loader's keywords, the launch lines. Lowering calls it, and so does anything that
+    changes an IR's steps or settings (planc verify's variants), so emit only formats."""
+    kinds = {s.kind for s in ir.steps}
+    keys = {s.key for s in ir.settings}
+    ir.features = kinds | ({"kernels"} if ir.kernels else set())
+    ir.block_mask = ir.tp_sequence and "sp" not in kinds
+    ir.model_parallel = bool(kinds & {"tp", "ep", "sp"})
+    ir.build_mesh = dataclasses.replace(ir.build_mesh, call=Call("runtime.dist", "build_mesh", (Code("info"),), tuple(
+        (dim, Code(f"cfg.{key}")) for dim, key in ir.mesh.items() if dim != "ep"), via="dist"))
+    names: dict[str, list[str]] = {}
+
+    def need(module: str, name: str) -> None:
+        names.setdefault(module, [])
+        if name not in names[module]:
+            names[module].append(name)
+
+    def walk(expr) -> None:
+        if isinstance(expr, Call):
+            if expr.via is None:
+                need(expr.module, expr.name)
+            for a in list(expr.args) + [v for _, v in expr.kwargs]:
+                walk(a)
+        elif isinstance(expr, Items):
+            for item, _ in expr.items:
+                walk(item)
+        elif isinstance(expr, (tuple, list)):
+            for x in expr:
+                walk(x)
+
+    for _, stmts in ir.setup():
+        for st in stmts:
+            walk(st.call)
+    flags = {"tp_loss": ir.tp_loss, "sp": "sp" in kinds, "block_mask": ir.block_mask, "fused_ce": "fused_ce" in ir.kernels}
+    for flag, (module, name) in _LOOP_IMPORTS.items():
+        if flags[flag]:
+            need(module, name)
+    rank = {m: i for i, m in enumerate(_IMPORT_ORDER)}
+    ir.imports = {m: sorted(names[m]) for m in sorted(names, key=lambda m: (rank.get(m, len(rank)), m))}
+    ir.loader_kwargs = [(k.split(".")[1], f"cfg.{k}") for k in _LOADER_KEYS if k in keys]
+    # rows must split evenly over the ranks that shard the sequence (Ulysses, sequence-parallel TP)
+    parts = (["cfg.mesh.sp"] if "sp" in kinds else []) + (["cfg.mesh.tp"] if ir.tp_sequence else [])
+    ir.pad_multiple = " * ".join(parts)
+    ir.one_process = _one_process(ir)
+    how = launch(ir.world, ir.gpus_per_node, docstring_path(ir.out_path), ir.name)
+    ir.launch = how.node() if how.multi_node else how.single()
+    ir.launch_lines = how.lines()
+    return ir
+
+
+def _one_process(ir: ScriptIR) -> str:
+    """The overrides that run a data-parallel plan as one process (empty for other layouts)."""
+    if ir.world == 1 or set(ir.mesh) - {"dp_replicate", "dp_shard"}:
+        return ""
+    values = {s.key: s.value for s in ir.settings}
+    return " ".join(f"--{key} 1" for key in ir.mesh.values() if values.get(key, 1) != 1)
 
 
 def lower(checked, out_path: str) -> ScriptIR:

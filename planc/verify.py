@@ -32,10 +32,11 @@ import time
 from pathlib import Path
 
 from .ir import ScriptIR, SettingLine
+from .lower import derive
+from .steps import PARALLEL
 
 DIMS = ("dp_replicate", "dp_shard", "sp", "tp", "ep")
 MODEL_DIMS = ("tp", "sp", "ep")  # the dims that constrain the model's shapes
-PARALLEL_STEPS = {"tp", "ep", "sp", "fsdp", "replicate"}
 SLICE_BYTES = 256 * 1024  # a verify run reads a few thousand tokens; tokenising more only costs time
 MAX_LEN = 64  # row length of verify runs (rounded up to what sequence sharding needs)
 REPO = Path(__file__).resolve().parents[1]  # where `runtime` lives, for the launched scripts
@@ -146,30 +147,25 @@ def with_settings(ir: ScriptIR, changes: dict, drop=()) -> ScriptIR:
         raise KeyError(f"planc verify changes settings the script does not have: {sorted(missing)}")
     lines = [SettingLine(s.key, changes[s.key], "planc verify") if s.key in changes else s
              for s in ir.settings if s.key not in drop]
-    return dataclasses.replace(ir, settings=lines)
-
-
-def _features(steps, ir: ScriptIR) -> set[str]:
-    return {s.kind for s in steps} | ({"kernels"} if ir.kernels else set())
+    return derive(dataclasses.replace(ir, settings=lines))
 
 
 def layout_ir(ir: ScriptIR) -> ScriptIR:
     """The plan's script as compiled, less `compile` steps (~40 s per process on a CPU, and no
     change to the layout's numerics)."""
     steps = [s for s in ir.steps if s.kind != "compile"]
-    return dataclasses.replace(ir, steps=steps, features=_features(steps, ir), out_path="layout.py")
+    return derive(dataclasses.replace(ir, steps=steps, out_path="layout.py"))
 
 
 def reference_ir(ir: ScriptIR) -> ScriptIR:
     """The same script for one process with every parallel step removed and no mesh degrees."""
-    steps = [s for s in ir.steps if s.kind not in PARALLEL_STEPS | {"compile"}]
+    steps = [s for s in ir.steps if s.kind not in PARALLEL | {"compile"}]
     dropped = {s.key for s in ir.settings if s.key.startswith("mesh.") and s.key != "mesh.device"}
     dropped |= {"train.param_dtype", "train.reduce_dtype"}  # FSDP's mixed precision; fp32 here anyway
     out = with_settings(ir, {}, drop=dropped)
-    return dataclasses.replace(
-        out, steps=steps, features=_features(steps, ir), mesh={}, tp_loss=False, tp_sequence=False,
-        world=1, out_path="reference.py",
-        description=f"{ir.description}; planc verify's one-process reference (no parallel steps)")
+    return derive(dataclasses.replace(
+        out, steps=steps, mesh={}, tp_loss=False, tp_sequence=False, world=1, out_path="reference.py",
+        description=f"{ir.description}; planc verify's one-process reference (no parallel steps)"))
 
 
 def baseline_ir(ir: ScriptIR) -> ScriptIR:
@@ -180,9 +176,8 @@ def baseline_ir(ir: ScriptIR) -> ScriptIR:
     dropped = {s.key for s in ir.settings if s.key.startswith("mesh.")
                and s.key not in ("mesh.device", "mesh.dp_replicate", "mesh.dp_shard")}
     out = with_settings(ir, {}, drop=dropped)
-    return dataclasses.replace(out, steps=steps, features=_features(steps, ir), tp_loss=False,
-                               tp_sequence=False, out_path="baseline.py",
-                               mesh={k: v for k, v in ir.mesh.items() if k in ("dp_replicate", "dp_shard")})
+    return derive(dataclasses.replace(out, steps=steps, tp_loss=False, tp_sequence=False, out_path="baseline.py",
+                                      mesh={k: v for k, v in ir.mesh.items() if k in ("dp_replicate", "dp_shard")}))
 
 
 # --- model and data ------------------------------------------------------------------------------

@@ -76,7 +76,8 @@ class Mesh:
     - `fsdp`: what `fully_shard` takes: 1-D over dp_shard*sp, or 2-D (dp_replicate, fsdp) for HSDP.
     - `dp_rank`/`dp_size`: the data loader's split (dp_replicate*dp_shard; sp ranks read the same rows).
     - `loss`: the flat dp x sp mesh over which loss sums and token counts are all-reduced;
-      `loss_group` is its process group.
+      `loss_group` is its process group. `replicate` is the same mesh: plain replication (DDP)
+      all-reduces gradients over every data-parallel and sp rank.
     - `tp`, `sp`: 1-D sub-meshes (size 1 when unused).
     Expert parallelism is carved later from the ``fsdp`` dim (``root["fsdp"]._unflatten``), which is
     why dp_shard and sp sit in one dim of `root`.
@@ -89,6 +90,11 @@ class Mesh:
     dp_rank: int
     dp_size: int
     degrees: dict = field(default_factory=dict)
+
+    @property
+    def replicate(self) -> DeviceMesh:
+        """The 1-D mesh `apply_replicate` all-reduces gradients over (dp_replicate * dp_shard * sp)."""
+        return self.loss
 
     @property
     def loss_group(self) -> dist.ProcessGroup:

@@ -128,6 +128,7 @@ def drive(out_path: str, plans: list[str]) -> None:
 
     from planc import dryrun
     from planc.frontend import check_file
+    from planc.lower import lower
     from runtime import dist as rdist
     from runtime import loss as rloss
     from runtime import model as rmodel
@@ -140,11 +141,12 @@ def drive(out_path: str, plans: list[str]) -> None:
         checked = check_file(path, info.world, skip_files=True)
         assert checked.ok, [(d.rule, d.message) for d in checked.diagnostics]
         plan, d = checked.plan, checked.ctx.degrees
-        mesh = rdist.build_mesh(info, dp_replicate=d["dp_replicate"], dp_shard=d["dp_shard"], sp=d["sp"], tp=d["tp"])
-        model = rmodel.build_meta(plan["model.config"], dtype=plan["model.dtype"], attention=plan["model.attention"])
-        dryrun.parallelize(model, mesh, checked)
+        # the script's own set-up statements (what the dry run executes), on real gloo ranks
+        ir = lower(checked, "generated/x.py")
+        ns = dryrun.namespace(ir, info, [])
+        dryrun.execute(ir, ns)
+        mesh, model, optimizer = ns["mesh"], ns["model"], ns["optimizer"]
         rmodel.materialize(model, torch.device("cpu"), seed=0)
-        optimizer = dryrun.build_optimizer(model, plan)
         rows, seq = plan["train.micro_batch"], plan["data.max_len"]
         g = torch.Generator().manual_seed(mesh.dp_rank)
         batches = []

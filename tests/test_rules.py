@@ -49,6 +49,7 @@ CASES = {
     "fsdp-nesting": ([('fsdp       "model.layers.*"', 'fsdp "model.layers" "model.layers.*"')], 'fsdp "model.layers"', "warning", None),
     "fsdp-tied": ([("/llama", "/tied"), ('fsdp       "model.layers.*"', 'fsdp "model.embed_tokens"')], 'fsdp "model.embed', "error", None),
     "checkpoint-nesting": ([('checkpoint "model.layers.*"', 'checkpoint "model.layers.*" "model.layers.*.mlp"')], 'checkpoint "', "error", None),
+    "fsdp-options": ([('checkpoint "model.layers.*"', 'fsdp "model.norm"  offload')], 'fsdp "model.norm"', "error", None),
     "replicate-fsdp": ([('checkpoint "model.layers.*"', "replicate")], "replicate", "error", None),
     "tp-divides": ([("dp_shard = 2", "tp = 4"), ('checkpoint "model.layers.*"', "tp plan = model")], "tp = 4", "error", None),
     "tp-vocab": ([("/llama", "/oddvocab"), ("dp_shard = 2", "tp = 2"), ('checkpoint "model.layers.*"', 'tp vocab "model.embed_tokens"')], 'tp vocab', "error", None),

@@ -8,6 +8,7 @@ RULES = {
     "checkpoint-nesting": "checkpoint units do not nest (each is a whole block, checkpointed once)",
     "replicate-fsdp": "`replicate` (DDP) and `fsdp` are not used together; replicate needs dp_shard = 1",
     "dp-sync": "with more than one data-parallel rank, an fsdp or replicate rule keeps gradients in sync",
+    "fsdp-options": "every `fsdp` rule gives the same options (one FSDP2 wrapping applies them to every unit)",
 }
 
 
@@ -31,6 +32,16 @@ def check(ctx) -> None:
             ctx.error("fsdp-tied", f"tied parameters {', '.join(group)} would land in different FSDP units "
                       f"({', '.join(repr(h or '<root>') for h in sorted(holders))})", where,
                       "leave both modules to the root unit, or untie the embeddings in the config")
+    if fsdp:
+        first = {k: s.value for k, s in fsdp[0][0].options.items()}
+        for rule, _ in fsdp[1:]:
+            other = {k: s.value for k, s in rule.options.items()}
+            if other != first:
+                diff = next(k for k in first if first[k] != other.get(k))
+                ctx.error("fsdp-options", f"this `fsdp` rule says {diff} = {other.get(diff)}, the one at line "
+                          f"{fsdp[0][0].span.line} says {first[diff]}", rule.span,
+                          "give every fsdp rule the same options (or put all the globs in one rule)")
+                break
     ckpt = ctx.rule_modules("checkpoint")
     chosen = sorted({m for _, names in ckpt for m in names})
     for rule, names in ckpt:
