@@ -3,14 +3,11 @@ one test per class, with the diagnostic's rule, place and hint; and the summary'
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from planc.frontend import check_file
 from tests.planfix import TINY_LLAMA, TINY_QWEN3_MOE, base_plan, make_workspace
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -189,24 +186,3 @@ def test_memory_ceiling_yields_to_a_given_budget(ws):
     run(checked, device_memory="1000000TiB")  # a (hypothetical) device that holds it: the budget decides
     assert _errors(checked) == []
 
-
-def test_replicate_takes_the_scripts_two_dimensional_mesh():
-    """A `replicate` plan has dp_replicate > 1, so the script's `mesh.fsdp` is 2-D (dp_replicate,
-    fsdp); apply_replicate refused it at start-up (the dry run used another mesh and passed)."""
-    import torch
-
-    from planc.dryrun import fake_world
-    from runtime import dist as rdist
-    from runtime.model import build_meta
-    from runtime.parallel.ddp import apply_replicate
-
-    from torch.distributed.tensor import DTensor
-
-    with fake_world(0, 4):
-        info = rdist.DistInfo(0, 4, 0, torch.device("cpu"), "fake")
-        mesh = rdist.build_mesh(info, dp_replicate=2, sp=2)
-        assert mesh.fsdp.ndim == 2
-        model = build_meta(REPO / "plans" / "models" / "tiny-qwen3")
-        apply_replicate(model, mesh.fsdp)
-        w = model.model.embed_tokens.weight
-        assert isinstance(w, DTensor) and w.device_mesh.size() == 4 and w.to_local().shape == w.shape

@@ -16,12 +16,9 @@ __all__ = ["apply_replicate"]
 
 
 def apply_replicate(model: nn.Module, mesh: DeviceMesh) -> nn.Module:
-    """Replicate `model` over the data-parallel `mesh`; gradients are all-reduced by sum.
-
-    A 2-D mesh (a plan's ``mesh.fsdp`` with dp_replicate > 1: (dp_replicate, fsdp)) is flattened
-    first: every rank of it holds a whole copy, and all of them sum their gradients."""
-    if mesh.ndim > 1:
-        mesh = mesh._flatten("_".join(mesh.mesh_dim_names or ("dp",)))
+    """Replicate `model` over the 1-D data-parallel `mesh`; gradients are all-reduced by sum."""
+    if mesh.ndim != 1:
+        raise ValueError(f"replicate needs a 1-D data-parallel mesh, got {mesh}")
     replicate(model, mesh=mesh)
     sum_gradients(model)
     return model
