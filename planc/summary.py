@@ -27,8 +27,9 @@ def batch_line(plan, dp: int) -> str | None:
     accum = gb // (mb * dp)
     max_len = plan["data.max_len"]
     if plan["data.pack"] != "dynamic":
-        return (f"dp {dp} x micro_batch {mb} x grad_accum {accum} = global_batch {gb} rows of {max_len} tokens "
-                f"({gb * max_len:,} tokens per step)")
+        each = " (one document each, padded)" if plan["data.pack"] == "none" else ""
+        return (f"dp {dp} x micro_batch {mb} x grad_accum {accum} = global_batch {gb} rows of {max_len} tokens"
+                f"{each} ({gb * max_len:,} tokens per step)")
     tokens, ramp = plan["data.tokens"], plan["data.warmup_steps"]
     line = (f"dp {dp} x grad_accum {accum} = global_batch {gb} micro-batches, each one row of up to {tokens:,} "
             f"tokens (documents of <= {max_len} tokens packed to the budget): up to {gb * tokens:,} tokens per step")

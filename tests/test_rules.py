@@ -86,6 +86,7 @@ CASES = {
     "pack-micro-batch": ([("pack      = greedy", "pack      = dynamic { tokens = 128 }")], "micro_batch = 2", "error", None),
     "kernel-tp": ([("dp_shard = 2", "tp = 2"), ('checkpoint "model.layers.*"', 'tp plan = megatron\n  tp loss "lm_head"'), ("checkpoint { dir", "kernels { fused_ce = torch }\ncheckpoint { dir")], "fused_ce", "error", None),
     "kernel-model": ([("checkpoint { dir", "kernels { moe = torch }\ncheckpoint { dir")], "moe = torch", "error", None),
+    "moe-aux-loss": ([("steps = 10", "moe_aux_loss = 0.01\n  steps = 10")], "moe_aux_loss = 0.01", "warning", None),
     "attention-device": ([("attention = sdpa", "attention = flash_attention_2")], "attention = flash", "error", None),
     "kernel-device": ([("checkpoint { dir", "kernels { rmsnorm = triton }\ncheckpoint { dir")], "rmsnorm", "warning", None),
 }
