@@ -3,10 +3,11 @@
 The dry run applies the runtime's own TP / EP / Ulysses / FSDP functions on a fake process group:
 what it refuses, the generated script would refuse at start-up. So a plan the static check accepts
 must pass the dry run, and a plan the check refuses for a divisibility rule must fail it too (the
-check is not stricter than the runtime; tried for dp_shard = 1, where the other degrees decide).
-Layouts: tp, sp, ep in 1..4 and dp_shard in 1..2 (every degree in 1..4, and the second direction
-for all of them, with PLANC_FULL_GRID=1), over the configs and rule sets of tests/layoutgrid.py:
-heads / KV heads / experts / vocabulary / MLP sizes that different degrees split or not.
+check is not stricter than the runtime; tried on every third such plan). Layouts: tp, sp, ep in
+1..4 and dp_shard in 1..2, over the configs and rule sets of tests/layoutgrid.py (heads / KV heads /
+experts / vocabulary / MLP sizes that different degrees split or not), `tp plan = megatron` left
+out (the config's own plan covers the same modules). PLANC_FULL_GRID=1: every degree in 1..4,
+every rule set, and the second direction for every refused plan (~15 min here).
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def _grid(name):
         if (ep > 1 and not is_moe(name)) or (dp_shard > 2 and not FULL):
             continue
         for flavour in flavours(name, tp):
-            yield lay, flavour
+            if FULL or flavour != "megatron":
+                yield lay, flavour
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -44,7 +46,7 @@ def test_check_agrees_with_dry_run(tmp_path, cfg_dirs, name):
     accepted = refused = 0
     rules_seen: set[str] = set()
     disagree = []
-    for lay, flavour in _grid(name):
+    for i, (lay, flavour) in enumerate(_grid(name)):
         path = tmp_path / "grid.veo"
         path.write_text(plan_text(cfg_dirs[name], lay, flavour))
         errors, _ = verdicts(path, dry=False)
@@ -57,7 +59,7 @@ def test_check_agrees_with_dry_run(tmp_path, cfg_dirs, name):
                 disagree.append(f"{lay} {flavour}: check accepts, the dry run refuses: {dry}")
         else:
             refused += 1
-            if rules <= DIVISIBILITY and (FULL or lay[3] == 1):
+            if rules <= DIVISIBILITY and (FULL or i % 3 == 0):
                 _, dry = verdicts(path)
                 if dry is None:
                     disagree.append(f"{lay} {flavour}: check refuses ({[d.message for d in errors]}), "
