@@ -87,7 +87,8 @@ def check(ctx) -> None:
 
     _sliding_window(ctx, sp_rules, seq)
 
-    tp_errors = any(x.rule in ("tp-module", "rule-overlap", "tp-rules") for x in ctx.diags[n_err:])
+    tp_errors = any(x.rule in ("tp-module", "rule-overlap", "tp-rules") and x.severity == "error"
+                    for x in ctx.diags[n_err:])
     _coverage(ctx, tp_rules, sp_rules, ep_rules, n_exp, assigned, tp_errors)
     _param_overlap(ctx, assigned)
 
