@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import ast
 import os
-import re
-import sys
 from pathlib import Path
 
 import jinja2
 
-from .diagnostics import render
 from .ir import Call, Code, Items, ScriptIR, Stmt
 from .lower import docstring_path, lower
 
@@ -175,17 +172,9 @@ def default_output(name: str) -> str:
     return os.path.join("generated", f"{name}.py")
 
 
-def compile_plan(plan_path: str, output: str | None = None, world: int | None = None,
-                 skip_files: bool = False) -> int:
-    from .frontend import check_file
-
-    checked = check_file(plan_path, world, skip_files=skip_files)
-    for d in checked.diagnostics:
-        print(render(d, checked.source), file=sys.stderr)
-        print(file=sys.stderr)
-    if not checked.ok:
-        print(f"{plan_path}: the plan does not compose; nothing written", file=sys.stderr)
-        return 2
+def write_script(checked, output: str | None = None) -> tuple[str, bool]:
+    """Lower and render a checked plan and write its script (default generated/<name>.py), only
+    when the text changed: (the path, whether it was written)."""
     out = output or default_output(checked.plan.name)
     ir = lower(checked, out.replace(os.sep, "/"))
     text = render_script(ir)
@@ -193,5 +182,4 @@ def compile_plan(plan_path: str, output: str | None = None, world: int | None = 
     old = Path(out).read_text() if Path(out).exists() else None
     if old != text:
         Path(out).write_text(text)
-    print(f"wrote {out}" if old != text else f"{out} is up to date")
-    return 0
+    return out, old != text

@@ -125,41 +125,10 @@ def grid(rep: Report) -> list[str]:
     return out
 
 
-def explain(checked, *, gpus_per_node=None, device_memory=None, as_json=False, svg_path=None,
-            dry_run=False) -> tuple[str, Report]:
+def explain(checked, *, gpus_per_node=None, device_memory=None, as_json=False, dry_run=False) -> tuple[str, Report]:
+    """The text (or JSON) of `planc explain` for a plan that composes, and the Report it shows
+    (its diagnostics are the caller's to print; planc.draw.svg draws the same Report)."""
     rep = report(checked, dry_run=dry_run, device_memory=device_memory, gpus_per_node=gpus_per_node)
-    if svg_path:
-        from .draw import svg
-
-        with open(svg_path, "w", encoding="utf-8") as f:
-            f.write(svg(checked, rep))
     if as_json:
         return json.dumps(to_json(checked, rep), indent=1), rep
     return "\n".join(text(checked, rep)), rep
-
-
-def cmd_explain(args) -> int:
-    """The body of `planc explain` (planc.cli only parses the arguments)."""
-    import sys
-
-    from .cli import _print_diags, _size
-    from .frontend import check_file
-
-    checked = check_file(args.plan, args.world, skip_files=True)
-    if not checked.ok:
-        _print_diags(checked)
-        print(f"{args.plan}: the plan does not compose; `planc check` says why", file=sys.stderr)
-        return 2
-    budget = _size(args.device_memory) if args.device_memory else None
-    out, rep = explain(checked, gpus_per_node=args.gpus_per_node, device_memory=budget, as_json=args.json,
-                       svg_path=args.svg, dry_run=getattr(args, "dry_run", False))
-    if not args.json:
-        for d in rep.diagnostics:
-            from .diagnostics import render
-
-            print(render(d, checked.source), file=sys.stderr)
-            print(file=sys.stderr)
-    print(out)
-    if args.svg:
-        print(f"wrote {args.svg}", file=sys.stderr)
-    return 2 if any(d.severity == "error" for d in rep.diagnostics) else 0

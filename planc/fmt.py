@@ -7,9 +7,7 @@ one line. A body written on one line stays on one line (when it fits and holds n
 from __future__ import annotations
 
 import json
-import sys
 
-from .diagnostics import PlanError, render
 from .parse import parse, parse_file
 from .syntax import Assign, Body, Comment, Document, Stmt, Value
 
@@ -242,25 +240,7 @@ def format_source(source: str, file: str = "<plan>") -> str:
     return _Formatter(parse(source, file)).run()
 
 
-def fmt_file(path: str, check: bool = False) -> int:
-    try:
-        doc = parse_file(path)
-    except PlanError as e:
-        src = None
-        try:
-            src = open(path, encoding="utf-8", errors="replace").read()
-        except OSError:
-            pass
-        for d in e.diagnostics:
-            print(render(d, src), file=sys.stderr)
-        return 2
-    new = _Formatter(doc).run()
-    if new == doc.source:
-        return 0
-    if check:
-        print(f"{path}: not formatted (run `planc fmt {path}`)", file=sys.stderr)
-        return 1
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(new)
-    print(f"formatted {path}")
-    return 0
+def format_file(path: str) -> tuple[str, str]:
+    """(the plan's text, the same plan in canonical layout); PlanError when it does not parse."""
+    doc = parse_file(path)
+    return doc.source, _Formatter(doc).run()

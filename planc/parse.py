@@ -12,8 +12,23 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from .diagnostics import Diagnostic, PlanError, Span
 from .syntax import Assign, Body, Comment, Document, Stmt, Value
 
-_UNITS = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
-          "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+RULES = {
+    "syntax": "the plan parses (strings, numbers, braces, lists)",
+    "plan-file": "the plan file can be read",
+}
+
+UNITS = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
+         "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_SIZE = re.compile(r"([0-9][0-9_]*(?:\.[0-9]+)?)[ \t]*(" + "|".join(UNITS) + r")?")
+
+
+def size_bytes(text: str) -> int:
+    """Bytes of a size as plans write it (`80GiB`, `1.5 TB`, `4096`); ValueError otherwise."""
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"{text!r} is not a size such as 80GiB")
+    num = float(m.group(1).replace("_", ""))
+    return int(num * UNITS[m.group(2)]) if m.group(2) else int(num)
 
 _HUMAN = {
     "NAME": "a name", "STRING": "a string", "NUMBER": "a number", "SIZE": "a size",
@@ -86,9 +101,7 @@ class _ToTree(Transformer):
 
     def size(self, meta, children):
         tok = children[0]
-        m = re.fullmatch(r"([0-9_.]+)\s*([A-Za-z]+)", str(tok))
-        num = float(m.group(1).replace("_", ""))
-        return Value("size", int(num * _UNITS[m.group(2)]), self._tspan(tok), str(tok))
+        return Value("size", size_bytes(str(tok)), self._tspan(tok), str(tok))
 
     def word_value(self, meta, children):
         tok = children[0]
@@ -250,3 +263,11 @@ def parse_file(path: str | Path) -> Document:
         line = data[: e.start].count(b"\n") + 1
         raise PlanError([Diagnostic("syntax", "the plan is not UTF-8 text", Span(str(path), line, 1))]) from None
     return parse(source, str(path))
+
+
+def source_for_diagnostics(path: str | Path) -> str | None:
+    """The plan's text, however broken, to quote under the diagnostics of a plan that did not parse."""
+    try:
+        return open(path, encoding="utf-8", errors="replace").read()
+    except OSError:
+        return None

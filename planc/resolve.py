@@ -14,6 +14,26 @@ from . import schema as S
 from .diagnostics import Diagnostic, Span, suggest
 from .syntax import Assign, Body, Document, Stmt, Value
 
+_REQUIRED = [b.name for b in S.BLOCKS.values() if b.required]
+RULES = {
+    "plan-name": "`plan \"NAME\"` comes first; NAME can name a file and does not shadow an importable module "
+                 "(generated/NAME.py would be imported in its place)",
+    "unknown-block": f"blocks are {', '.join(S.BLOCKS)}",
+    "duplicate-block": "each block appears once",
+    "missing-block": f"{', '.join(_REQUIRED[:-1])} and {_REQUIRED[-1]} are present",
+    "block-args": "a block takes a { body } and no arguments",
+    "block-body": "a block has a { body }",
+    "unknown-key": "keys and options are known names (with did-you-mean)",
+    "duplicate-key": "a key is set once per block",
+    "missing-key": "required keys are present",
+    "unknown-statement": "statements are known in their block",
+    "statement-args": "statements get the arguments they take",
+    "source-name": "source names are simple and do not shadow data keys",
+    "type": "values have the key's type",
+    "range": "values are in the key's range",
+    "unknown-value": "enum values are known (with did-you-mean)",
+}
+
 
 @dataclass
 class Setting:

@@ -15,8 +15,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from runtime.vocab import (
+    ATTENTIONS, BAD_RECORD_POLICIES, CHAT_TEMPLATES, DEVICES, DTYPES, KERNEL_BACKENDS, KERNEL_OPS, PACKS, SCHEDULES,
+    SOURCE_FORMATS, SOURCE_KINDS, TP_STYLES, TRUNCATIONS,
+)
+
+from .tp_sets import NAMED as NAMED_TP_SETS
+
 REQUIRED = object()
-DTYPES = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -85,8 +91,7 @@ MODEL = BlockSpec("model", "the model: an HF config (and optionally weights)", _
     Key("config", "path", REQUIRED, "HF config.json, or a directory holding one (and maybe *.safetensors)"),
     Key("weights", "path", None, "HF directory with *.safetensors to load"),
     Key("dtype", "enum", "fp32", "dtype of the master weights", choices=DTYPES),
-    Key("attention", "enum", "sdpa", "HF attention implementation",
-        choices=("sdpa", "eager", "flash_attention_2")),
+    Key("attention", "enum", "sdpa", "HF attention implementation", choices=ATTENTIONS),
 ), required=True)
 
 MESH_DIMS = ("dp_replicate", "dp_shard", "sp", "tp")  # world = their product; ep borrows
@@ -99,7 +104,7 @@ MESH = BlockSpec("mesh", "how ranks are laid out", _keys(
     Key("ep", "int", 1, "expert-parallel degree (borrows ranks from dp_shard * sp)", min=1),
     Key("pp", "int", 1, "pipeline parallelism (not built yet)", min=1),
     Key("cp", "int", 1, "context parallelism (not built yet; use sp)", min=1),
-    Key("device", "enum", "cuda", "where the script runs", choices=("cpu", "cuda")),
+    Key("device", "enum", "cuda", "where the script runs", choices=DEVICES),
     Key("gpus_per_node", "int", 8, "devices per node, for placement checks", min=1),
 ))
 
@@ -107,7 +112,6 @@ _FSDP_OPTS = _keys(
     Key("reshard_after_forward", "bool", True, "free gathered parameters after forward"),
     Key("offload", "bool", False, "keep sharded parameters on the CPU"),
 )
-TP_STYLES = ("colwise", "rowwise", "sequence", "vocab", "loss")
 PARALLELIZE = BlockSpec("parallelize", "rules over module-name globs", stmts=MappingProxyType({
     "fsdp": StmtSpec("fsdp", "one FSDP2 unit per matching module (then the root)", "globs", options=_FSDP_OPTS),
     "replicate": StmtSpec("replicate", "plain data-parallel replication (DDP) instead of FSDP", once=True),
@@ -116,7 +120,7 @@ PARALLELIZE = BlockSpec("parallelize", "rules over module-name globs", stmts=Map
     "tp": StmtSpec("tp", "tensor-parallel style over modules", "style+globs", TP_STYLES,
                    options=_keys(Key("plan", "enum", None, "model: the config's base_model_tp_plan; "
                                      "megatron / megatron_sp: named rule sets (planc/tp_sets.py)",
-                                     choices=("model", "megatron", "megatron_sp")))),
+                                     choices=("model",) + NAMED_TP_SETS))),
     "ep": StmtSpec("ep", "expert parallelism over MoE experts modules", "globs",
                    options=_keys(Key("plan", "enum", None, "model: the experts of the config's base_model_ep_plan",
                                      choices=("model",)))),
@@ -126,8 +130,8 @@ PARALLELIZE = BlockSpec("parallelize", "rules over module-name globs", stmts=Map
 _SOURCE = _keys(
     Key("path", "path", REQUIRED, "file, directory or glob"),
     Key("format", "enum", None, "file format (default: from the extension)",
-        choices=("jsonl", "json", "parquet", "arrow", "csv", "text", "hf_disk")),
-    Key("kind", "enum", "pretrain", "pretrain: text; sft: chat messages", choices=("pretrain", "sft")),
+        choices=SOURCE_FORMATS),
+    Key("kind", "enum", "pretrain", "pretrain: text; sft: chat messages", choices=SOURCE_KINDS),
     Key("text", "str", "text", "field holding the text (pretrain)"),
     Key("messages", "str", "messages", "field holding the conversation (sft)"),
     Key("weight", "float", 1.0, "share of the mixture (more than 0)", above=0),
@@ -136,14 +140,14 @@ _SOURCE = _keys(
 DATA = BlockSpec("data", "what to train on", _keys(
     Key("tokenizer", "path", REQUIRED, "HF tokenizer directory"),
     Key("max_len", "int", 2048, "tokens per row", min=2),
-    Key("pack", "enum", "greedy", "batching", choices=("none", "greedy", "dynamic"),
+    Key("pack", "enum", "greedy", "batching", choices=PACKS,
         options=MappingProxyType({"dynamic": _DYNAMIC})),
     Key("shuffle", "bool", True, "shuffle each epoch (seeded)"),
     Key("shuffle_buffer", "int", 10000, "shuffle buffer of streaming sources", min=1),
-    Key("chat_template", "enum", "tokenizer", "template for sft sources", choices=("tokenizer", "chatml")),
+    Key("chat_template", "enum", "tokenizer", "template for sft sources", choices=CHAT_TEMPLATES),
     Key("system_prompt", "str", None, "system message prepended to sft conversations"),
-    Key("truncation", "enum", "right", "sft samples longer than max_len", choices=("right", "left", "drop")),
-    Key("on_bad_record", "enum", "skip", "skip (counted and reported) or fail", choices=("skip", "fail")),
+    Key("truncation", "enum", "right", "sft samples longer than max_len", choices=TRUNCATIONS),
+    Key("on_bad_record", "enum", "skip", "skip (counted and reported) or fail", choices=BAD_RECORD_POLICIES),
 ), stmts=MappingProxyType({
     "source": StmtSpec("source", "a data source", "label", body=_SOURCE),
 }), required=True)
@@ -154,7 +158,7 @@ TRAIN = BlockSpec("train", "the optimisation", _keys(
     Key("micro_batch", "int", 1, "rows per forward/backward on one rank", min=1),
     Key("optimizer", "enum", "adamw", "optimizer", choices=("adamw",),
         options=MappingProxyType({"adamw": _ADAMW})),
-    Key("schedule", "enum", "constant", "learning-rate schedule", choices=("constant", "linear", "cosine"),
+    Key("schedule", "enum", "constant", "learning-rate schedule", choices=SCHEDULES,
         options=MappingProxyType({"constant": _keys(_SCHEDULE["warmup"]), "linear": _SCHEDULE,
                                   "cosine": _SCHEDULE})),
     Key("clip", "float", 1.0, "max gradient norm (0 = off)", min=0),
@@ -179,14 +183,11 @@ CHECKPOINT = BlockSpec("checkpoint", "DCP checkpoints and the HF export", _keys(
     Key("export", "enum", "hf", "write DIR/hf at the end", choices=("hf", "none")),
 ))
 
-KERNEL_CHOICES = ("auto", "triton", "torch", "off")
+KERNEL_CHOICES = KERNEL_BACKENDS + ("off",)  # off: the op is not swapped in
+_KERNEL_DOCS = {"rmsnorm": "RMSNorm", "swiglu": "SwiGLU / GeGLU act-and-mul", "rotary": "rotary embedding",
+                "fused_ce": "chunked linear + cross-entropy (no full logits)", "moe": "MoE grouped GEMM"}
 KERNELS = BlockSpec("kernels", "fused kernels per operation", _keys(
-    Key("rmsnorm", "enum", "off", "RMSNorm", choices=KERNEL_CHOICES),
-    Key("swiglu", "enum", "off", "SwiGLU / GeGLU act-and-mul", choices=KERNEL_CHOICES),
-    Key("rotary", "enum", "off", "rotary embedding", choices=KERNEL_CHOICES),
-    Key("fused_ce", "enum", "off", "chunked linear + cross-entropy (no full logits)", choices=KERNEL_CHOICES),
-    Key("moe", "enum", "off", "MoE grouped GEMM", choices=KERNEL_CHOICES),
-))
+    *(Key(op, "enum", "off", _KERNEL_DOCS[op], choices=KERNEL_CHOICES) for op in KERNEL_OPS)))
 
 BLOCKS: Mapping[str, BlockSpec] = MappingProxyType(
     {b.name: b for b in (MODEL, MESH, PARALLELIZE, DATA, TRAIN, CHECKPOINT, KERNELS)})

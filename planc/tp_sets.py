@@ -5,8 +5,8 @@
                             # loss-parallel lm_head (Megatron's sequence parallelism)
     ep plan = model         # every experts module the config's own base_model_ep_plan names
 
-The checker expands them into ordinary rules on the plan's line, so every rule check applies and
-the generated script spells each style out with its modules.
+planc/elaborate.py expands them into ordinary rules on the plan's line before the checks run, so
+every rule check applies and the generated script spells each style out with its modules.
 """
 from __future__ import annotations
 

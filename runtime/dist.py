@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from .vocab import DEVICES
+
 __all__ = ["DistInfo", "Mesh", "init", "build_mesh", "check_degrees", "finish"]
 
 
@@ -34,7 +36,7 @@ def init(device: str = "cpu") -> DistInfo:
     Under torchrun the rendezvous comes from its environment; run as plain ``python script.py``
     the world is this one process, with an in-memory store (no port to pick or collide on).
     """
-    if device not in ("cpu", "cuda"):
+    if device not in DEVICES:
         raise SystemExit(f"error: mesh.device must be cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: the plan runs on cuda (mesh.device) but no CUDA device is visible; "

@@ -12,9 +12,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["IGNORE", "count_targets", "lm_loss_sum", "cross_entropy_sum", "local_value", "step_loss"]
+from .vocab import IGNORE  # label of a position without a target (padding, document ends)
 
-IGNORE = -100  # label of a position without a target (padding, document ends)
+__all__ = ["IGNORE", "count_targets", "lm_loss_sum", "cross_entropy_sum", "local_value", "step_loss"]
 
 
 def count_targets(micro_batches, group: dist.ProcessGroup | None = None) -> int:
@@ -32,8 +32,10 @@ def count_targets(micro_batches, group: dist.ProcessGroup | None = None) -> int:
 
 def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sum of token cross-entropies; `labels` already shifted, IGNORE where there is no target.
-    Computed in fp32 whatever the logits dtype."""
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
+    Computed in fp32 at least (bf16/fp16 logits are upcast; fp64 ones stay fp64)."""
+    if logits.dtype != torch.float64:
+        logits = logits.float()
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
                            ignore_index=IGNORE, reduction="sum")
 
 

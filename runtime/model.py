@@ -27,18 +27,26 @@ __all__ = ["DTYPES", "load_config", "weights_dir", "build_meta", "materialize", 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def load_config(path, *, attention: str = "sdpa"):
+def load_config(path, *, attention: str = "sdpa", trust_remote_code: bool = False):
     """HF config from a ``config.json`` file or a directory holding one; `use_cache` off.
 
     `use_cache=False` matters beyond memory: with a cache, transformers attends across packed
     documents instead of restarting at each document's `position_ids == 0`.
+    A directory that ships its own modeling code (``auto_map``, e.g. LLaDA2) is loaded only with
+    `trust_remote_code=True`: that code runs in this process.
     """
     path = Path(path)
     if path.is_dir() and not (path / "config.json").is_file():
         raise SystemExit(f"error: model.config: {path} holds no config.json")
     if not path.exists():
         raise SystemExit(f"error: model.config: {path} does not exist")
-    config = AutoConfig.from_pretrained(path)  # a directory or a config file itself
+    try:  # an explicit False: transformers would otherwise ask on stdin (and wait)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise SystemExit(f"error: model.config: {path} ships its own modeling code (auto_map in config.json); "
+                         "it runs only when trusted: set trust_remote_code = true in the model block") from None
     config.use_cache = False
     config._attn_implementation = attention
     return config
@@ -57,13 +65,17 @@ def weights_dir(config_path, weights=None) -> Path | None:
     return c if any(c.glob("*.safetensors")) else None
 
 
-def build_meta(config_path, *, dtype: str = "fp32", attention: str = "sdpa") -> nn.Module:
-    """The causal LM on the meta device (no memory), in `dtype`, with `attention`."""
+def build_meta(config_path, *, dtype: str = "fp32", attention: str = "sdpa",
+               trust_remote_code: bool = False) -> nn.Module:
+    """The causal LM on the meta device (no memory), in `dtype`, with `attention`; a model whose
+    directory ships its modeling code only with `trust_remote_code=True` (transformers then
+    registers that class for the config, so `materialize` rebuilds the same one)."""
     if dtype not in DTYPES:
         raise SystemExit(f"error: model.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    config = load_config(config_path, attention=attention)
+    config = load_config(config_path, attention=attention, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype], attn_implementation=attention)
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype], attn_implementation=attention,
+                                                 trust_remote_code=trust_remote_code)
     return model
 
 

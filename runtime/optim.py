@@ -14,9 +14,9 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["param_groups", "build_optimizer", "lr_factor", "build_schedule", "clip_grad_norm"]
+from .vocab import SCHEDULES
 
-SCHEDULES = ("constant", "linear", "cosine")
+__all__ = ["param_groups", "build_optimizer", "lr_factor", "build_schedule", "clip_grad_norm"]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

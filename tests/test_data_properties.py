@@ -11,9 +11,11 @@ import numpy as np
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from runtime.data.kinds import DocStore, shifted_labels
+from runtime.data.kinds import DocStore
+from runtime.data.labels import shifted_labels
 from runtime.data.loader import loader_from_orders
 from runtime.data.mixture import MapOrder
+from runtime.vocab import PACKS
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -54,7 +56,7 @@ def expected_targets(stores):
     return Counter(t for s in stores for lab in s.labels for t in lab[lab != -100].tolist())
 
 
-packs = st.sampled_from(["none", "greedy", "dynamic"])
+packs = st.sampled_from(PACKS)
 
 
 @FAST

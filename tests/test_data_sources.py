@@ -8,6 +8,7 @@ import pytest
 
 from planc.demo_assets import make_demo_assets
 from runtime.data import BadRecordError, Source, build_loader, infer_format, load_tokenizer, read_records
+from runtime.vocab import SOURCE_FORMATS
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["def f(x):\n    return x + 1\n", "import os\nprint(os.getcwd())\n", "class A:\n    pass\n"]
@@ -37,7 +38,7 @@ def files(tmp_path_factory):
             "hf_disk": d / "disk", "text": d / "txt", "arrow": arrow}
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet", "csv", "hf_disk", "text", "arrow"])
+@pytest.mark.parametrize("fmt", SOURCE_FORMATS)
 def test_every_format_reads_the_same_texts(files, fmt):
     path = files[fmt]
     assert infer_format(path) == fmt

@@ -18,7 +18,7 @@ from transformers import (GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCa
                           Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM)
 
 from launch import torchrun
-from runtime.kernels import KERNEL_OPS, apply_kernels, available, device_support, fused_lm_loss_sum
+from runtime.kernels import FAMILIES, KERNEL_OPS, apply_kernels, available, device_support, fused_lm_loss_sum
 from runtime.loss import lm_loss_sum
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -209,7 +209,7 @@ def test_training_matches_unfused(impl, steps, micro):
 # ---------------------------------------------------------------- the registry's answers
 
 def test_available():
-    assert KERNEL_OPS == ("rmsnorm", "swiglu", "rotary", "fused_ce", "moe")
+    assert all(any(available(op, family) for family in FAMILIES) for op in KERNEL_OPS)  # every op is built
     for family in ("llama", "qwen2", "qwen3", "qwen3_moe"):
         assert all(available(op, family) for op in ("rmsnorm", "swiglu", "rotary", "fused_ce"))
     assert available("moe", "qwen3_moe") and not available("moe", "llama")

@@ -6,6 +6,7 @@ import pytest
 from planc.emit import render_script
 from planc.frontend import check_file
 from planc.lower import lower
+from runtime.vocab import TP_STYLES
 from tests.planfix import base_plan, make_workspace
 
 
@@ -29,7 +30,7 @@ def test_megatron_sp_expands_to_every_style_and_compiles(ws):
     checked = _check(ws, _plan(ws, "dp_shard = 2  tp = 2", "tp plan = megatron_sp"), "msp")
     assert checked.ok, [(d.rule, d.message) for d in checked.diagnostics]
     styles = {r.style: [g.pattern for g in r.globs] for r in checked.plan.rules if r.kind == "tp"}
-    assert set(styles) == {"colwise", "rowwise", "sequence", "vocab", "loss"}
+    assert set(styles) == set(TP_STYLES)
     assert all(g.span.line == 10 for r in checked.plan.rules if r.kind == "tp" for g in r.globs)
     script = render_script(lower(checked, "generated/base.py"))
     assert '("sequence", expand(model, ["model.layers.*.{input,post_attention}_layernorm", "model.norm"]))' in script

@@ -20,6 +20,7 @@ from runtime.parallel.mesh_ep import ep_meshes
 from runtime.parallel.shrink import shrink_config
 from runtime.parallel.tp import apply_tp, tp_rules_from_config
 from runtime.parallel.ulysses import apply_ulysses, block_causal_mask, check_heads, slice_for_sp
+from runtime.vocab import ULYSSES_ATTENTIONS
 
 
 def tiny_qwen3(**kw):
@@ -60,7 +61,7 @@ def test_block_causal_mask_by_hand():
         block_causal_mask(torch.tensor([0, 1]))
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ULYSSES_ATTENTIONS)
 def test_block_causal_mask_matches_transformers_packing(attn):
     """The explicit mask gives the logits transformers itself gives for packed rows."""
     model = tiny_qwen3()

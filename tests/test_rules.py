@@ -1,10 +1,18 @@
 """One broken plan per rule: the diagnostic names the rule and points at the right line:col."""
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import pytest
 
-from planc.checks import all_rules
+from planc.checks import run_checks
+from planc.diagnostics import PlanError
+from planc.elaborate import elaborate
 from planc.frontend import check_file
+from planc.parse import parse_file
+from planc.resolve import resolve
+from planc.rules import all_rules
 from tests.planfix import base_plan, make_workspace
 
 
@@ -101,14 +109,19 @@ def _locate(text: str, locator: str) -> tuple[int, int]:
     return line, col
 
 
-@pytest.mark.parametrize("rule", sorted(CASES))
-def test_rule(ws, rule):
-    edits, locator, severity, world = CASES[rule]
+def _case_text(ws, rule: str) -> str:
     text = base_plan(ws)
-    for old, new in edits:
+    for old, new in CASES[rule][0]:
         old, new = old.replace("{ws}", str(ws)), new.replace("{ws}", str(ws))
         assert old in text, f"edit for {rule} does not apply: {old!r}"
         text = text.replace(old, new, 1)
+    return text
+
+
+@pytest.mark.parametrize("rule", sorted(CASES))
+def test_rule(ws, rule):
+    _, locator, severity, world = CASES[rule]
+    text = _case_text(ws, rule)
     checked, text = _check(ws, text, world, name=f"{rule}.veo")
     hits = [d for d in checked.diagnostics if d.rule == rule.replace("-shadow", "")]
     assert hits, f"{rule} not reported; got {[(d.rule, d.message) for d in checked.diagnostics]}"
@@ -127,18 +140,68 @@ def test_base_plan_is_clean(ws):
     assert [d for d in checked.diagnostics if d.severity == "error"] == []
 
 
-def test_every_rule_has_a_case_and_a_doc():
-    rules = all_rules()
-    missing = set(rules) - set(CASES) - UNTESTED_HERE
-    assert not missing, f"rules without a breaking plan: {sorted(missing)}"
-    from pathlib import Path
+def test_every_rule_has_a_case():
+    from tests.test_estimate_rules import CASES as ESTIMATE_CASES  # node-span, memory-budget, dry-run
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "rules.md").read_text()
-    undocumented = [r for r in rules if f"`{r}`" not in doc]
-    assert not undocumented, f"rules missing from docs/rules.md: {undocumented}"
+    missing = set(all_rules()) - set(CASES) - set(ESTIMATE_CASES) - UNTESTED_HERE
+    assert not missing, f"rules without a breaking plan: {sorted(missing)}"
+
+
+def test_every_reported_rule_is_registered(ws):
+    """Each rule a diagnostic of these plans names is in planc/rules.py (its docs/rules.md line is
+    tested in tests/test_docs.py)."""
+    rules = all_rules()
+    for rule in CASES:
+        checked, _ = _check(ws, _case_text(ws, rule), CASES[rule][3], name=f"reg-{rule}.veo")
+        assert {d.rule for d in checked.diagnostics} <= set(rules), rule
 
 
 def test_plan_file_missing(tmp_path):
     checked = check_file(str(tmp_path / "absent.veo"))
     assert [d.rule for d in checked.diagnostics] == ["plan-file"]
     assert not checked.ok
+
+
+REPO = Path(__file__).resolve().parents[1]
+NAMED_SETS = {  # the plans whose rules elaboration rewrites (tests/test_named_sets.py)
+    "megatron_sp": [("dp_shard = 2", "dp_shard = 2  tp = 2"), ('checkpoint "model.layers.*"', "tp plan = megatron_sp")],
+    "moe": [("/llama", "/moe"), ("dp_shard = 2", "dp_shard = 2  tp = 2  ep = 2"),
+            ('checkpoint "model.layers.*"', "tp plan = megatron\n  ep plan = model")],
+    "ep_dense": [("dp_shard = 2", "dp_shard = 2  ep = 2"), ('checkpoint "model.layers.*"', "ep plan = model")],
+}
+
+
+def _checks_only_read(path: Path, world=None) -> bool:
+    """Elaborate a plan, then run every check pass on a deep copy of it: the copy must come back
+    equal (the passes only read), and elaboration must leave the resolved plan as it was."""
+    try:
+        plan, diags = resolve(parse_file(path))
+    except PlanError:
+        return False  # the checks never see a plan that does not parse,
+    if any(d.severity == "error" for d in diags):
+        return False  # nor one that does not resolve
+    resolved = copy.deepcopy(plan)
+    elaborated, tree, _ = elaborate(plan)
+    assert plan == resolved, f"{path}: elaborate changed the resolved plan"
+    probe = copy.deepcopy(elaborated)
+    run_checks(probe, world, False, tree)
+    assert probe == elaborated, f"{path}: a check pass changed the plan"
+    return True
+
+
+def test_checks_only_read_the_plan(ws):
+    ran = [p.name for p in sorted((REPO / "plans").glob("*.veo")) if _checks_only_read(p)]
+    assert len(ran) == len(list((REPO / "plans").glob("*.veo")))
+    for rule, (_, _, _, world) in CASES.items():
+        path = ws / f"ro-{rule}.veo"
+        path.write_text(_case_text(ws, rule))
+        _checks_only_read(path, world)
+    for name, edits in NAMED_SETS.items():
+        text = base_plan(ws)
+        for old, new in edits:
+            assert old in text
+            text = text.replace(old, new, 1)
+        path = ws / f"ro-{name}.veo"
+        path.write_text(text)
+        assert _checks_only_read(path)
+        assert elaborate(resolve(parse_file(path))[0])[0].rules != resolve(parse_file(path))[0].rules  # expanded

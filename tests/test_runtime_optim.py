@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from runtime import optim
+from runtime.vocab import SCHEDULES
 
 
 class Tiny(torch.nn.Module):
@@ -43,7 +44,7 @@ def test_foreach_left_to_torch_for_plain_tensors():
     assert optim._foreach_ok([torch.zeros(1), torch.zeros(2)]) is None
 
 
-@pytest.mark.parametrize("kind", ["constant", "linear", "cosine"])
+@pytest.mark.parametrize("kind", SCHEDULES)
 def test_schedule_shapes(kind):
     steps, warmup, min_lr = 20, 4, 0.1
     f = [optim.lr_factor(s, kind=kind, steps=steps, warmup=warmup, min_lr=min_lr) for s in range(steps)]

@@ -1,8 +1,9 @@
-"""`planc check`: rule passes over a resolved plan, each in a module of its own.
+"""`planc check`: rule passes over an elaborated plan (planc/elaborate.py), each in a module of its own.
 
-Every rule has a name (shown as `error[name]`), a line in docs/rules.md and a test with a plan that
-breaks it. Passes run in order; a pass that needs what an earlier one could not provide (the model
-tree, the mesh) skips its rules rather than guessing.
+Every rule has a name (shown as `error[name]`), a line in the RULES of the module that reports it
+(planc/rules.py collects them all), a line in docs/rules.md and a test with a plan that breaks it.
+Passes run in order and only read the plan; a pass that needs what an earlier one could not provide
+(the model tree, the mesh) skips its rules rather than guessing.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ class Context:
     world: int | None = None  # --world N
     diags: list[Diagnostic] = field(default_factory=list)
     degrees: dict[str, int] | None = None  # resolved mesh degrees (after the mesh pass)
-    tree: object = None  # planc.model_tree.ModelTree (after the model pass)
+    tree: object = None  # planc.model_tree.ModelTree (built by planc/elaborate.py)
     matches: dict = field(default_factory=dict)  # (rule index, glob index) -> module names
     notes: list[str] = field(default_factory=list)  # summary lines contributed by passes
     skip_files: bool = False  # --skip-files: do not read data or tokenizer files
@@ -52,38 +53,17 @@ class Context:
         return out
 
 
-def run_checks(plan: Plan, world: int | None = None, skip_files: bool = False) -> Context:
+def passes() -> tuple:
+    """The rule passes, in the order they run."""
     from . import checkpoint, data, kernels, mesh, model, parallel, sharding, train
 
-    ctx = Context(plan, world, skip_files=skip_files)
-    for p in (mesh, model, sharding, parallel, data, train, checkpoint, kernels):
+    return mesh, model, sharding, parallel, data, train, checkpoint, kernels
+
+
+def run_checks(plan: Plan, world: int | None = None, skip_files: bool = False, tree=None) -> Context:
+    """Every pass over an elaborated plan (planc/elaborate.py: `tree` is its model, named rule sets
+    are expanded). The passes only read the plan; what they find goes to the Context."""
+    ctx = Context(plan, world, tree=tree, skip_files=skip_files)
+    for p in passes():
         p.check(ctx)
     return ctx
-
-
-def all_rules() -> dict[str, str]:
-    """Every rule name -> one line of what it guards (for docs and tests)."""
-    from . import checkpoint, data, kernels, mesh, model, parallel, sharding, train
-
-    rules = {
-        "syntax": "the plan parses (strings, numbers, braces, lists)",
-        "plan-file": "the plan file can be read",
-        "plan-name": "`plan \"NAME\"` comes first; NAME can name a file and does not shadow an importable module",
-        "unknown-block": "blocks are model, mesh, parallelize, data, train, checkpoint, kernels",
-        "duplicate-block": "each block appears once",
-        "missing-block": "model, data and train are present",
-        "block-args": "a block takes a { body } and no arguments",
-        "block-body": "a block has a { body }",
-        "unknown-key": "keys and options are known names (with did-you-mean)",
-        "duplicate-key": "a key is set once per block",
-        "missing-key": "required keys are present",
-        "unknown-statement": "statements are known in their block",
-        "statement-args": "statements get the arguments they take",
-        "source-name": "source names are simple and do not shadow data keys",
-        "type": "values have the key's type",
-        "range": "values are in the key's range",
-        "unknown-value": "enum values are known (with did-you-mean)",
-    }
-    for p in (mesh, model, sharding, parallel, data, train, checkpoint, kernels):
-        rules.update(p.RULES)
-    return rules

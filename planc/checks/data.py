@@ -6,9 +6,11 @@ import functools
 import json
 from pathlib import Path
 
+from runtime.vocab import SOURCE_FORMATS
+
 RULES = {
     "data-source": "every source path exists and holds files",
-    "data-format": "every source is in a readable format (jsonl json parquet arrow csv text hf_disk)",
+    "data-format": f"every source is in a readable format ({' '.join(SOURCE_FORMATS)})",
     "data-field": "the text / messages field exists in the first records of each source",
     "tokenizer": "the tokenizer is a local HF tokenizer directory",
     "vocab-size": "the tokenizer's vocabulary fits the model's embedding",

@@ -1,14 +1,14 @@
-"""Model rules: the config loads, the model builds on the meta device, every glob matches."""
+"""Model rules: the weights are there, every glob matches a module of the real model (the tree
+planc/elaborate.py built, with the named rule sets already expanded)."""
 from __future__ import annotations
 
 import difflib
 import re
 from pathlib import Path
 
-from ..model_tree import ModelLoadError, config_dir, load_tree, match
+from ..model_tree import config_dir, match
 
 RULES = {
-    "model-config": "the model config is a local HF config that transformers can build (meta device)",
     "model-weights": "a `weights` directory holds *.safetensors",
     "glob-unmatched": "every module glob matches at least one module of the real model",
     "glob-syntax": "globs are well formed (balanced braces, no empty parts)",
@@ -17,12 +17,7 @@ RULES = {
 
 def check(ctx) -> None:
     p = ctx.plan
-    if p["model.config"] is None:
-        return
-    try:
-        ctx.tree = load_tree(p["model.config"], p["model.attention"])
-    except ModelLoadError as e:
-        ctx.error("model-config", str(e), p.value_span("model.config"), e.help)
+    if ctx.tree is None:  # no config, or it did not build (model-config)
         return
     weights = p["model.weights"]
     if weights is not None:
@@ -30,7 +25,6 @@ def check(ctx) -> None:
         if not d.is_dir() or not any(Path(d).glob("*.safetensors")):
             ctx.error("model-weights", f"{weights} holds no *.safetensors", p.value_span("model.weights"),
                       "point `weights` at an HF directory with safetensors files, or drop it to train from scratch")
-    _expand_named_sets(ctx)
     for i, rule in enumerate(p.rules):
         for j, g in enumerate(rule.globs):
             problem = _glob_problem(g.pattern)
@@ -48,36 +42,6 @@ def check(ctx) -> None:
             if not names:
                 ctx.error("glob-unmatched", f"{g.pattern!r} matches no module of {ctx.tree.model_type}", g.span,
                           _nearest_glob(g.pattern, ctx.tree.modules))
-
-
-def _expand_named_sets(ctx) -> None:
-    """`tp plan = megatron[_sp]` and `ep plan = model` become ordinary rules on the plan's line."""
-    from ..resolve import Glob, Rule, Setting
-    from ..tp_sets import FAMILIES, NAMED, ep_globs, tp_set
-
-    p, tree = ctx.plan, ctx.tree
-    rules = []
-    for r in p.rules:
-        plan = r.options.get("plan")
-        name = plan.value if plan is not None else None
-        if r.kind == "tp" and name in NAMED:
-            if tree.model_type not in FAMILIES:
-                ctx.error("tp-rules", f"`tp plan = {name}` knows the module names of {', '.join(FAMILIES)}, "
-                          f"not of {tree.model_type}", plan.span, "write the tp rules out, or use `tp plan = model`")
-                continue
-            for style, globs in tp_set(name, lambda g: bool(match(tree, g))):
-                rules.append(Rule("tp", style, [Glob(g, plan.span) for g in globs],
-                                  {"plan": Setting(None)}, r.span))
-            continue
-        if r.kind == "ep" and name == "model":
-            globs = ep_globs(tree.config)
-            if not globs:
-                ctx.error("ep-experts", f"{tree.model_type}'s config has no base_model_ep_plan naming its experts",
-                          plan.span, 'name the experts modules: `ep "model.layers.*.mlp.experts"`')
-                continue
-            r = Rule("ep", None, r.globs + [Glob(g, plan.span) for g in globs], {"plan": Setting(None)}, r.span)
-        rules.append(r)
-    p.rules[:] = rules
 
 
 def _glob_problem(pattern: str) -> str | None:

@@ -7,10 +7,13 @@ each tp rank holds; ep splits each experts module's experts. See planc/checks/tp
 """
 from __future__ import annotations
 
+from runtime.vocab import ATTENTIONS, ULYSSES_ATTENTIONS
+
 from ..model_tree import num_experts
 from . import tp_plan
 from .tp_plan import shape as _shape
 
+_WRAPPED = " or ".join(ULYSSES_ATTENTIONS)
 RULES = {
     "tp-divides": "tp divides what each rank holds of every module a tp rule shards: attention heads, "
                   "KV heads, MLP features",
@@ -31,8 +34,9 @@ RULES = {
     "tp-tied": "tied embeddings are not sharded by vocab / loss / colwise head rules",
     "ep-cover": "`ep` rules cover every experts module (tokens are dispatched in every MoE layer)",
     "sp-cover": "`sp ulysses` names attention modules, and covers every one (the sequence is sharded everywhere)",
-    "sp-attention": "Ulysses wraps sdpa or the model's own eager attention, not flash_attention_2, and "
-                    "documents stay within a sliding-window model's window",
+    "sp-attention": f"Ulysses wraps {_WRAPPED} attention (eager: the model's own function), not "
+                    f"{', '.join(a for a in ATTENTIONS if a not in ULYSSES_ATTENTIONS)}, and documents stay within "
+                    "a sliding-window model's window",
 }
 
 
@@ -298,9 +302,9 @@ def _coverage(ctx, tp_rules, sp_rules, ep_rules, n_exp, assigned, tp_errors: boo
             ctx.error("sp-cover", f"`sp ulysses` leaves {missing[0]!r} (and {len(missing) - 1} more) unwrapped: "
                       "the sequence is sharded for every layer", sp_rules[0].span,
                       f'cover them all: `sp ulysses "{_shape(missing[0])}"`')
-        if p["model.attention"] == "flash_attention_2":
-            ctx.error("sp-attention", "Ulysses wraps sdpa or eager attention; flash_attention_2 is not built",
-                      p.span("model.attention"), "use attention = sdpa")
+        if p["model.attention"] not in ULYSSES_ATTENTIONS:
+            ctx.error("sp-attention", f"Ulysses wraps {_WRAPPED} attention; {p['model.attention']} is not built",
+                      p.span("model.attention"), f"use attention = {ULYSSES_ATTENTIONS[0]}")
         elif p["model.attention"] == "eager":
             plain = next((m for m in attn if eager_function(model.get_submodule(m)) is None), None)
             if plain is not None:

@@ -17,7 +17,7 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
 from runtime.model import tied_keys
 
-__all__ = ["export_hf"]
+__all__ = ["export_hf", "copy_model_code"]
 
 
 def export_hf(out_dir, model, tokenizer=None) -> Path:
@@ -36,8 +36,23 @@ def export_hf(out_dir, model, tokenizer=None) -> Path:
     if rank == 0:
         shutil.rmtree(out / "sharded", ignore_errors=True)  # per-rank pieces, now consolidated
         model.config.save_pretrained(out)
+        copy_model_code(model.config, out)
         if tokenizer is not None:
             tokenizer.save_pretrained(out)
     if dist.is_initialized():
         dist.barrier()
     return out
+
+
+def copy_model_code(config, out: Path) -> list[str]:
+    """A model that ships its own modeling code (``auto_map``, loaded with trust_remote_code) is
+    exported with that code beside it, so the export loads the same way: the ``*.py`` files of the
+    directory the config came from. Returns the names copied."""
+    if not getattr(config, "auto_map", None):
+        return []
+    src = Path(config._name_or_path)
+    copied = []
+    for f in sorted(src.glob("*.py")) if src.is_dir() else []:
+        shutil.copy2(f, Path(out) / f.name)
+        copied.append(f.name)
+    return copied

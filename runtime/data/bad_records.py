@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
-POLICIES = ("skip", "fail")
+from ..vocab import BAD_RECORD_POLICIES
 
 
 class BadRecordError(ValueError):
@@ -17,8 +17,8 @@ class BadRecordError(ValueError):
 
 class BadRecords:
     def __init__(self, policy: str = "skip", report_first: int = 5, log: Callable[[str], None] | None = None):
-        if policy not in POLICIES:
-            raise ValueError(f"on_bad_record must be one of {POLICIES}, got {policy!r}")
+        if policy not in BAD_RECORD_POLICIES:
+            raise ValueError(f"on_bad_record must be one of {BAD_RECORD_POLICIES}, got {policy!r}")
         self.policy = policy
         self.report_first = report_first
         self.log = log or (lambda msg: None)

@@ -17,9 +17,8 @@ is delivered exactly once.
 """
 from __future__ import annotations
 
+from ..vocab import PACKS
 from .packing import fit_bins
-
-PACKS = ("none", "greedy", "dynamic")
 
 
 class StepPlanner:

@@ -21,7 +21,8 @@ import re
 
 import numpy as np
 
-from .kinds import shifted_labels
+from ..vocab import CHAT_TEMPLATES, TRUNCATIONS
+from .labels import shifted_labels
 
 # ChatML, with the assistant part in a {% generation %} block so transformers can report it.
 CHATML = (
@@ -33,8 +34,6 @@ CHATML = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-TEMPLATES = ("tokenizer", "chatml")
-TRUNCATIONS = ("right", "left", "drop")
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
@@ -51,7 +50,7 @@ def template_for(tok, chat_template: str = "tokenizer") -> str:
     if chat_template == "chatml":
         return CHATML
     if chat_template != "tokenizer":
-        raise ValueError(f"chat_template must be one of {TEMPLATES}, got {chat_template!r}")
+        raise ValueError(f"chat_template must be one of {CHAT_TEMPLATES}, got {chat_template!r}")
     template = getattr(tok, "chat_template", None)
     if isinstance(template, dict):  # several named templates: the default one
         template = template.get("default")

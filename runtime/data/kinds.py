@@ -14,7 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-IGNORE = -100
+from ..vocab import IGNORE
+from .labels import shifted_labels
 
 
 def load_tokenizer(path: str):
@@ -59,15 +60,6 @@ def split_document(ids: Sequence[int], max_len: int) -> list[np.ndarray]:
         return [ids]
     step = max_len - 1
     return [ids[s:s + max_len] for s in range(0, len(ids) - 1, step)]
-
-
-def shifted_labels(ids: np.ndarray, target_mask: np.ndarray | None = None) -> np.ndarray:
-    """labels[t] = ids[t+1] where token t+1 is a target (all of them when no mask), else -100."""
-    labels = np.full(len(ids), IGNORE, dtype=np.int32)
-    labels[:-1] = ids[1:]
-    if target_mask is not None:
-        labels[:-1][~np.asarray(target_mask[1:], dtype=bool)] = IGNORE
-    return labels
 
 
 class DocStore:

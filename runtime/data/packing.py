@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .kinds import IGNORE
+from ..vocab import IGNORE
 
 
 def fit_bins(lengths: Sequence[int], n_bins: int, capacity: int, worst: bool = False

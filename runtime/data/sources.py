@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
-FORMATS = ("jsonl", "json", "parquet", "arrow", "csv", "text", "hf_disk")
-KINDS = ("pretrain", "sft")
+from ..vocab import SOURCE_FORMATS, SOURCE_KINDS
+
 _EXTENSIONS = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
     ".arrow": "arrow", ".csv": "csv", ".txt": "text", ".md": "text", ".py": "text",
@@ -39,10 +39,10 @@ class Source:
     streaming: bool = False
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"source {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
-        if self.format is not None and self.format not in FORMATS:
-            raise ValueError(f"source {self.name!r}: format must be one of {FORMATS}, got {self.format!r}")
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"source {self.name!r}: kind must be one of {SOURCE_KINDS}, got {self.kind!r}")
+        if self.format is not None and self.format not in SOURCE_FORMATS:
+            raise ValueError(f"source {self.name!r}: format must be one of {SOURCE_FORMATS}, got {self.format!r}")
         if not (isinstance(self.weight, (int, float)) and self.weight > 0):
             raise ValueError(f"source {self.name!r}: weight must be a number > 0, got {self.weight!r}")
 
@@ -71,11 +71,11 @@ def infer_format(path: str | os.PathLike) -> str:
         if len(kinds) == 1:
             return kinds.pop()
         raise ValueError(f"{path}: cannot infer the format of a folder holding {sorted(kinds) or 'no known files'};"
-                         f" set `format` (one of {FORMATS})")
+                         f" set `format` (one of {SOURCE_FORMATS})")
     fmt = _EXTENSIONS.get(p.suffix)
     if fmt is None:
         raise ValueError(f"{path}: cannot infer the format from the extension {p.suffix!r}; set `format`"
-                         f" (one of {FORMATS})")
+                         f" (one of {SOURCE_FORMATS})")
     return fmt
 
 

@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-BACKENDS = ("triton", "torch", "auto")
+from ..vocab import KERNEL_BACKENDS, KERNEL_OPS
 
 
 def triton_installed() -> bool:
@@ -47,12 +47,10 @@ def device_support(op: str, backend: str, device) -> tuple[bool, str]:
     ok is False only when "triton" was asked for and cannot run; what_runs is then "torch", the
     fallback that `apply_kernels` uses instead. "auto" is always ok: Triton on CUDA, torch elsewhere.
     """
-    from .registry import KERNEL_OPS  # registry imports this module
-
     if op not in KERNEL_OPS:
         raise ValueError(f"unknown kernel op {op!r}; known: {', '.join(KERNEL_OPS)}")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown kernel backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend not in KERNEL_BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}; choose one of {', '.join(KERNEL_BACKENDS)}")
     if backend == "torch":
         return True, "torch"
     ok, _ = triton_runs_on(device)
@@ -79,8 +77,8 @@ def check_impl(impl: str, *tensors: torch.Tensor) -> str:
     Unlike `resolve`, asking for "triton" where it cannot run is an error here: a direct call
     names exactly what it wants.
     """
-    if impl not in BACKENDS:
-        raise ValueError(f"unknown kernel implementation {impl!r}; choose one of {', '.join(BACKENDS)}")
+    if impl not in KERNEL_BACKENDS:
+        raise ValueError(f"unknown kernel implementation {impl!r}; choose one of {', '.join(KERNEL_BACKENDS)}")
     device = tensors[0].device
     if impl == "auto":
         ok, _ = triton_runs_on(device)

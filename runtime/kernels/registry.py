@@ -17,13 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .backend import BACKENDS, resolve
+from ..vocab import KERNEL_BACKENDS, KERNEL_OPS
+from .backend import resolve
 from .moe import EXPERTS_IMPLEMENTATIONS, register_experts_implementations
 from .rmsnorm import norm_module_forward
 from .rotary import apply_rotary
 from .swiglu import ACTIVATIONS, mlp_module_forward
-
-KERNEL_OPS = ("rmsnorm", "swiglu", "rotary", "fused_ce", "moe")
 
 
 @dataclass(frozen=True)
@@ -203,8 +202,9 @@ def apply_kernels(model, choices: dict, device) -> dict:
     """
     for op, backend in choices.items():
         _check_op(op)
-        if backend not in BACKENDS:
-            raise ValueError(f"kernel {op}: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if backend not in KERNEL_BACKENDS:
+            raise ValueError(f"kernel {op}: unknown backend {backend!r}; "
+                             f"choose one of {', '.join(KERNEL_BACKENDS)}")
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     fam = FAMILIES.get(model_type)
     if choices and fam is None:

@@ -40,9 +40,9 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
-__all__ = ["STYLES", "apply_tp", "tp_rules_from_config", "loss_context"]
+from ..vocab import TP_STYLES
 
-STYLES = ("colwise", "rowwise", "sequence", "vocab", "loss")
+__all__ = ["apply_tp", "tp_rules_from_config", "loss_context"]
 
 # HF `base_model_tp_plan` styles that touch MoE experts: expert tensor parallelism is not built
 # (experts are split with EP instead), so these entries are reported back, not applied.
@@ -57,8 +57,8 @@ def _check_rules(model: nn.Module, rules) -> dict[str, str]:
         if not (isinstance(rule, (tuple, list)) and len(rule) == 2):
             raise ValueError(f"a tp rule is (style, [module names]), got {rule!r}")
         style, names = rule
-        if style not in STYLES:
-            raise ValueError(f"unknown tp style {style!r}; expected one of {', '.join(STYLES)}")
+        if style not in TP_STYLES:
+            raise ValueError(f"unknown tp style {style!r}; expected one of {', '.join(TP_STYLES)}")
         if isinstance(names, str):
             names = [names]
         if not names:

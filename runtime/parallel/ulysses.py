@@ -25,10 +25,10 @@ from torch.distributed.device_mesh import DeviceMesh
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-__all__ = ["apply_ulysses", "slice_for_sp", "block_causal_mask", "register_ulysses", "check_heads",
-           "is_attention", "local_heads", "eager_function", "INNER"]
+from ..vocab import ULYSSES_ATTENTIONS
 
-INNER = ("sdpa", "eager")  # the attention implementations Ulysses wraps
+__all__ = ["apply_ulysses", "slice_for_sp", "block_causal_mask", "register_ulysses", "check_heads",
+           "is_attention", "local_heads", "eager_function"]
 
 
 def block_causal_mask(position_ids: torch.Tensor, dtype: torch.dtype = torch.bool) -> torch.Tensor:
@@ -183,7 +183,7 @@ def _global_mask(position_ids, group, inner_name: str, dtype):
 
 def register_ulysses(inner: str = "sdpa") -> str:
     """Register ``ulysses_<inner>`` with transformers and return that name."""
-    if inner not in INNER:
+    if inner not in ULYSSES_ATTENTIONS:
         raise ValueError(f"Ulysses wraps sdpa or eager attention, not {inner!r}")
     name = f"ulysses_{inner}"
     AttentionInterface.register(name, _ulysses_forward(inner))
@@ -202,7 +202,7 @@ def apply_ulysses(model: nn.Module, sp_mesh: DeviceMesh, modules: list[str] | No
     inner = model.config._attn_implementation or "sdpa"
     if inner.startswith("ulysses_"):
         inner = inner[len("ulysses_"):]
-    if inner not in INNER:
+    if inner not in ULYSSES_ATTENTIONS:
         raise ValueError(f"Ulysses wraps sdpa or eager attention, not {inner!r}")
     attn = {n: m for n, m in model.named_modules() if is_attention(m)}
     if modules is None:

@@ -1,0 +1,33 @@
+"""The runtime's vocabulary: every name a plan may choose for something the runtime implements.
+
+Plain tuples and nothing else, importable without torch: the compiler's schema (planc/schema.py)
+takes its enum choices from here, and the runtime module that implements each list checks its
+arguments against the same tuple, so a name is defined once. A new source format, chat template,
+kernel op or TP style is added here and in the module that implements it.
+"""
+from __future__ import annotations
+
+# model (runtime/model.py maps each dtype name to a torch dtype)
+DTYPES = ("fp32", "bf16", "fp16")
+ATTENTIONS = ("sdpa", "eager", "flash_attention_2")  # HF attn_implementation names
+ULYSSES_ATTENTIONS = ("sdpa", "eager")  # what runtime/parallel/ulysses.py wraps
+DEVICES = ("cpu", "cuda")  # runtime/dist.py
+
+# parallelism (runtime/parallel/tp.py)
+TP_STYLES = ("colwise", "rowwise", "sequence", "vocab", "loss")
+
+# data (runtime/data/)
+SOURCE_FORMATS = ("jsonl", "json", "parquet", "arrow", "csv", "text", "hf_disk")  # sources.py
+SOURCE_KINDS = ("pretrain", "sft")  # kinds.py: text, or chat messages
+PACKS = ("none", "greedy", "dynamic")  # batching.py
+CHAT_TEMPLATES = ("tokenizer", "chatml")  # chat.py
+TRUNCATIONS = ("right", "left", "drop")  # chat.py: sft samples longer than max_len
+BAD_RECORD_POLICIES = ("skip", "fail")  # bad_records.py
+IGNORE = -100  # the label of a position without a target (padding, document ends); loss.py too
+
+# optimisation (runtime/optim.py)
+SCHEDULES = ("constant", "linear", "cosine")
+
+# kernels (runtime/kernels/): the ops, and which implementation runs one
+KERNEL_OPS = ("rmsnorm", "swiglu", "rotary", "fused_ce", "moe")
+KERNEL_BACKENDS = ("auto", "triton", "torch")  # auto: Triton on CUDA, torch elsewhere
