@@ -30,7 +30,8 @@ RULES = {
     "statement-args": "statements get the arguments they take",
     "source-name": "source names are simple and do not shadow data keys",
     "type": "values have the key's type",
-    "range": "values are in the key's range",
+    "range": "values are in the key's range, at least as strict as what each value feeds (AdamW, torch and "
+              "numpy seeding, the loader, the schedule: betas in [0, 1), eps > 0, seed 0 .. 2**64 - 1, weight > 0)",
     "unknown-value": "enum values are known (with did-you-mean)",
 }
 

@@ -175,14 +175,15 @@ def test_summary_batch_line_says_what_a_step_holds(ws):
 
 
 def test_memory_ceiling_yields_to_a_given_budget(ws):
-    from planc.estimate.check import run
+    from planc.frontend import check_plan
 
-    checked, _ = _check(ws, [("max_len   = 64", "max_len   = 1000000000000")], "huge", skip_files=True)
-    assert checked.ok
-    run(checked)
+    text = base_plan(ws).replace("max_len   = 64", "max_len   = 1000000000000")
+    path = ws / "huge.veo"
+    path.write_text(text)
+    checked = check_plan(str(path), skip_files=True)  # what `planc check` and `planc compile` run
     assert [d.rule for d in _errors(checked)] == ["memory-ceiling"]
     assert "TiB" in _errors(checked)[0].message
-    checked, _ = _check(ws, [("max_len   = 64", "max_len   = 1000000000000")], "huge2", skip_files=True)
-    run(checked, device_memory="1000000TiB")  # a (hypothetical) device that holds it: the budget decides
+    assert (_errors(checked)[0].span.line, _errors(checked)[0].span.col) == _at(text, "max_len   = 1000000000000")
+    # a (hypothetical) device that holds it: --device-memory hands the decision to memory-budget
+    checked = check_plan(str(path), skip_files=True, device_memory=2**70)
     assert _errors(checked) == []
-

@@ -10,7 +10,7 @@ from __future__ import annotations
 from runtime.vocab import ATTENTIONS, ULYSSES_ATTENTIONS
 
 from ..model_tree import num_experts
-from . import tp_plan
+from .tp_plan import assign, fits, is_model_plan, kind_help, kind_problem, splits, uncovered, valid_degrees
 from .tp_plan import shape as _shape
 
 _WRAPPED = " or ".join(ULYSSES_ATTENTIONS)
@@ -56,7 +56,7 @@ def check(ctx) -> None:
                   "add `tp plan = model` (the config's own plan) or `tp colwise/rowwise ...` rules")
     if tp == 1 and tp_rules:
         ctx.warn("tp-rules", "`tp` rules have no effect with tp = 1", tp_rules[0].span, "set tp in `mesh`")
-    assigned = tp_plan.assign(ctx, tp_rules) if tp_rules else {}
+    assigned = assign(ctx, tp_rules) if tp_rules else {}
     kinds_ok = _tp_kinds(ctx, assigned)
     splits_ok = _tp_splits(ctx, assigned, tp) if kinds_ok else False
     seq = any(s == "sequence" for s, _ in assigned.values())
@@ -129,11 +129,11 @@ def _tp_kinds(ctx, assigned) -> bool:
     """`tp-module`: each module is what its style shards; one error per rule."""
     model, ok, seen = ctx.tree.model, True, set()
     for name, (style, rule) in assigned.items():
-        problem = tp_plan.kind_problem(model, name, style)
+        problem = kind_problem(model, name, style)
         if problem and id(rule) not in seen:
             seen.add(id(rule))
             ok = False
-            ctx.error("tp-module", problem, rule.span, tp_plan.kind_help(model, name, style))
+            ctx.error("tp-module", problem, rule.span, kind_help(model, name, style))
         elif problem:
             ok = False
     return ok
@@ -143,11 +143,11 @@ def _tp_splits(ctx, assigned, tp: int) -> bool:
     """`tp-divides`: sizes the degree does not split, one error for the degree (the vocabulary
     among them); `tp-vocab`: only the vocabulary does not split, one error per rule."""
     p = ctx.plan
-    all_splits = tp_plan.splits(ctx.tree.model, assigned)
-    bad = [s for s in all_splits if not tp_plan.fits(s, tp)]
+    all_splits = splits(ctx.tree.model, assigned)
+    bad = [s for s in all_splits if not fits(s, tp)]
     if not bad:
         return True
-    good = [t for t in tp_plan.valid_degrees(all_splits) if t > 1]
+    good = [t for t in valid_degrees(all_splits) if t > 1]
     choose = ("choose tp among " + ", ".join(map(str, good))) if good else "nothing this model holds splits: use tp = 1"
     if any(not s.vocab for s in bad):
         groups: dict[tuple, list[str]] = {}
@@ -163,7 +163,7 @@ def _tp_splits(ctx, assigned, tp: int) -> bool:
         return False
     for rule in {id(s.rule): s.rule for s in bad}.values():
         s = next(x for x in bad if x.rule is rule)
-        by_model = " (the config's own plan shards it)" if tp_plan.is_model_plan(rule) and rule.style is None else ""
+        by_model = " (the config's own plan shards it)" if is_model_plan(rule) and rule.style is None else ""
         ctx.error("tp-vocab", f"vocab_size ({s.count}) is not a multiple of tp ({tp}): {s.module!r} is split over "
                   f"the vocabulary{by_model}", rule.span,
                   f"pad vocab_size to {-(-s.count // tp) * tp} in the config, or {choose}")
@@ -256,7 +256,7 @@ def _coverage(ctx, tp_rules, sp_rules, ep_rules, n_exp, assigned, tp_errors: boo
 
     p, tree, model = ctx.plan, ctx.tree, ctx.tree.model
     if assigned and not tp_errors:
-        name, parent, why = tp_plan.uncovered(model, assigned)
+        name, parent, why = uncovered(model, assigned)
         if why == "colwise":
             rule = next(r for m, (s, r) in assigned.items() if s == "colwise" and m.startswith(parent + "." if parent else ""))
             ctx.error("tp-incomplete", f"{name!r} keeps whole weights inside {parent!r}, whose other "
