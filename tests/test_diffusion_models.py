@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from runtime.diffusion import block_diffusion_mask, loss_sum, noise_batch
+from runtime.diffusion.mask import MASK_KINDS
 from tests.diffusion_fixtures import FAMILIES, MASK_ID, VOCAB, packed_batch, tiny_model
 
 BLOCK = 4
@@ -22,7 +23,7 @@ def logits(model, ids, pos, mask):
         return model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).logits[0]
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("attention", list(MASK_KINDS))  # the attentions that take a 4-D mask
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_token_changes_exactly_the_logits_allowed_to_see_it(family, attention):
     """Change one input token at a time (noisy or clean, each document, the padding): every logit

@@ -14,8 +14,9 @@ from torch import nn
 from runtime.data import Source, build_loader
 from runtime.data.chat import ChatEncoder
 from runtime.diffusion import (block_diffusion_mask, loss_sum, noise_batch, noise_step, response_mask)
-from runtime.diffusion.demo_data import make_diffusion_demo
+from planc.demo_diffusion import make_diffusion_demo
 from runtime.loss import count_targets
+from runtime.diffusion.mask import MASK_KINDS
 from tests.diffusion_fixtures import MASK_ID, allowed_training, packed_batch, tiny_model
 
 
@@ -99,7 +100,7 @@ def test_loss_on_a_hand_example():
     assert torch.equal(call["attention_mask"], block_diffusion_mask(out["position_ids"], 2, "sdpa"))
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("attention", list(MASK_KINDS))  # the attentions that take a 4-D mask
 def test_loss_is_the_formula_on_a_real_model(attention):
     """loss_sum (noisy-half logits only) == sum over masked tokens of -log p(x_0 | [x_t ; x_0]),
     with the mask built independently by the brute-force rules and full logits."""

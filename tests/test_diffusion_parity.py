@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from runtime.diffusion.demo_data import make_diffusion_demo
+from planc.demo_diffusion import make_diffusion_demo
 from tests.launch import REPO, torchrun
 
 DRIVER = REPO / "tests" / "mp" / "diffusion_parity.py"

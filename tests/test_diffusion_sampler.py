@@ -11,6 +11,7 @@ from runtime.diffusion import generate, loss_sum, noise_batch
 from runtime.diffusion.sampler import transfer_counts
 from runtime.data.kinds import shifted_labels
 from runtime.data.packing import collate_rows
+from runtime.diffusion.mask import MASK_KINDS
 from tests.diffusion_fixtures import MASK_ID, tiny_model
 
 PROMPT = [5, 17, 23, 8, 41, 9]
@@ -37,7 +38,7 @@ class Recorder:
         return self.model(**kw)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("attention", list(MASK_KINDS))  # the attentions that take a 4-D mask
 def test_fills_every_mask_and_keeps_the_prompt(attention):
     rec = Recorder(tiny_model("qwen3", attention))
     out = generate(rec, PROMPT, mask_id=MASK_ID, block=4, steps=3, gen_length=10)

@@ -13,15 +13,15 @@ from pathlib import Path
 
 from runtime.data.kinds import load_tokenizer
 
-from .tokenizer import MASK_TOKEN, add_mask_token, mask_token_id
+from runtime.diffusion.tokenizer import MASK_TOKEN, add_mask_token, mask_token_id
+
+from .demo_assets import make_demo_assets
 
 __all__ = ["make_diffusion_demo"]
 
 
 def make_diffusion_demo(out_dir: str | Path = "data/demo", token: str = MASK_TOKEN) -> dict:
     """The demo asset paths plus "tokenizer_mask" (a directory), "mask_token", "mask_id", "vocab"."""
-    from planc.demo_assets import make_demo_assets  # the demo's own builder, not a copy
-
     paths = make_demo_assets(out_dir)
     out = Path(paths["dir"]) / "tokenizer-mask"
     try:
