@@ -30,7 +30,8 @@ RULES = {
     "statement-args": "statements get the arguments they take",
     "source-name": "source names are simple and do not shadow data keys",
     "type": "values have the key's type",
-    "range": "values are in the key's range",
+    "range": "values are in the key's range, at least as strict as what each value feeds (AdamW, torch and "
+              "numpy seeding, the loader, the schedule: betas in [0, 1), eps > 0, seed 0 .. 2**64 - 1, weight > 0)",
     "unknown-value": "enum values are known (with did-you-mean)",
 }
 
@@ -446,17 +447,23 @@ class _Resolver:
             if key.length is not None and len(v.value) != key.length:
                 self.err("type", f"`{key.name}` takes {key.length} items, not {len(v.value)}", v.span)
                 return _BAD
-            item = S.Key(key.name, key.item or "str", min=key.min, max=key.max)
+            item = S.Key(key.name, key.item or "str", min=key.min, max=key.max, above=key.above, below=key.below)
             out = [self.typed(item, x, where) for x in v.value]
             return _BAD if any(x is _BAD for x in out) else out
         raise AssertionError(t)
 
     def ranged(self, key: S.Key, v: Value, x):
         if key.min is not None and x < key.min:
-            self.err("range", f"`{key.name}` must be at least {key.min:g}, not {v.text}", v.span, key.doc)
+            self.err("range", f"`{key.name}` must be at least {_num(key.min)}, not {v.text}", v.span, key.doc)
             return _BAD
         if key.max is not None and x > key.max:
-            self.err("range", f"`{key.name}` must be at most {key.max:g}, not {v.text}", v.span, key.doc)
+            self.err("range", f"`{key.name}` must be at most {_num(key.max)}, not {v.text}", v.span, key.doc)
+            return _BAD
+        if key.above is not None and not x > key.above:
+            self.err("range", f"`{key.name}` must be more than {_num(key.above)}, not {v.text}", v.span, key.doc)
+            return _BAD
+        if key.below is not None and not x < key.below:
+            self.err("range", f"`{key.name}` must be less than {_num(key.below)}, not {v.text}", v.span, key.doc)
             return _BAD
         return x
 
@@ -468,6 +475,11 @@ class _Resolver:
 
 
 _BAD = object()
+
+
+def _num(x) -> str:
+    """A bound as written: whole numbers exactly (2**64 - 1 is not 1.84467e+19)."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def resolve(doc: Document) -> tuple[Plan, list[Diagnostic]]:

@@ -4,6 +4,10 @@ The grammar only knows shapes (words, assignments, statements); this table gives
 that an unknown name gets a located did-you-mean instead of a syntax error. Every key has the name
 of the setting it becomes in the generated script (`block.key`), which is also its command-line
 override (`--train.lr 1e-4`).
+
+Ranges are at least as strict as what the value feeds (torch's AdamW, torch.manual_seed and numpy's
+seeding, the data loader, the schedule): a plan the schema accepts never fails there at start-up.
+tests/test_schema_ranges.py walks every numeric key and tries its bounds on its consumer.
 """
 from __future__ import annotations
 
@@ -29,8 +33,10 @@ class Key:
     default: Any = None
     doc: str = ""
     choices: tuple = ()
-    min: float | None = None
+    min: float | None = None  # inclusive bounds
     max: float | None = None
+    above: float | None = None  # exclusive bounds: the value must be more than `above`
+    below: float | None = None  #   and less than `below`
     item: str | None = None  # item type of a list
     length: int | None = None  # exact length of a list
     options: Mapping[str, Mapping[str, "Key"]] = field(default_factory=dict)  # enum value -> option keys
@@ -69,8 +75,9 @@ def _keys(*keys: Key) -> Mapping[str, Key]:
 _ADAMW = _keys(
     Key("lr", "float", 3e-4, "peak learning rate", min=0),
     Key("weight_decay", "float", 0.0, "decoupled weight decay (not on norms and biases)", min=0),
-    Key("betas", "list", [0.9, 0.95], "Adam betas", item="float", length=2),
-    Key("eps", "float", 1e-8, "Adam epsilon", min=0),
+    Key("betas", "list", [0.9, 0.95], "Adam betas, each in [0, 1)", item="float", length=2, min=0, below=1),
+    # eps = 0 divides 0 by 0 for every weight whose gradient is still 0 (unseen embedding rows): NaN
+    Key("eps", "float", 1e-8, "Adam epsilon (more than 0)", above=0),
 )
 _SCHEDULE = _keys(
     Key("warmup", "int", 0, "linear warm-up steps", min=0),
@@ -130,7 +137,7 @@ _SOURCE = _keys(
     Key("kind", "enum", "pretrain", "pretrain: text; sft: chat messages", choices=SOURCE_KINDS),
     Key("text", "str", "text", "field holding the text (pretrain)"),
     Key("messages", "str", "messages", "field holding the conversation (sft)"),
-    Key("weight", "float", 1.0, "share of the mixture", min=0),
+    Key("weight", "float", 1.0, "share of the mixture (more than 0)", above=0),
     Key("streaming", "bool", False, "read lazily (large sources)"),
 )
 DATA = BlockSpec("data", "what to train on", _keys(
@@ -158,7 +165,7 @@ TRAIN = BlockSpec("train", "the optimisation", _keys(
         options=MappingProxyType({"constant": _keys(_SCHEDULE["warmup"]), "linear": _SCHEDULE,
                                   "cosine": _SCHEDULE})),
     Key("clip", "float", 1.0, "max gradient norm (0 = off)", min=0),
-    Key("seed", "int", 0, "model init and data order"),
+    Key("seed", "int", 0, "model init and data order (torch and numpy take 0 .. 2**64 - 1)", min=0, max=2**64 - 1),
     Key("log_every", "int", 1, "log every N steps", min=1),
     Key("output", "path", None, "where metrics.jsonl goes (default: checkpoint.dir)"),
     Key("moe_aux_loss", "float", None, "MoE load-balancing loss weight (default: the config's router_aux_loss_coef)",

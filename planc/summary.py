@@ -1,6 +1,7 @@
 """The short summary `planc check` prints for a plan that composes."""
 from __future__ import annotations
 
+
 def _fmt_count(n: float) -> str:
     for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= div:
@@ -16,6 +17,27 @@ def _units(names: list[str]) -> str:
     return f"{names[0]} .. {names[-1]} ({len(names)})"
 
 
+def batch_line(plan, dp: int) -> str | None:
+    """What one optimizer step holds. Fixed rows (pack none/greedy): global_batch rows of max_len
+    tokens. Dynamic batching: global_batch micro-batches, each one row of up to `tokens` tokens
+    (documents of at most max_len packed into it), so a step holds up to global_batch * tokens."""
+    gb, mb = plan["train.global_batch"], plan["train.micro_batch"]
+    if not (gb and mb and gb % (mb * dp) == 0):
+        return None
+    accum = gb // (mb * dp)
+    max_len = plan["data.max_len"]
+    if plan["data.pack"] != "dynamic":
+        each = " (one document each, padded)" if plan["data.pack"] == "none" else ""
+        return (f"dp {dp} x micro_batch {mb} x grad_accum {accum} = global_batch {gb} rows of {max_len} tokens"
+                f"{each} ({gb * max_len:,} tokens per step)")
+    tokens, ramp = plan["data.tokens"], plan["data.warmup_steps"]
+    line = (f"dp {dp} x grad_accum {accum} = global_batch {gb} micro-batches, each one row of up to {tokens:,} "
+            f"tokens (documents of <= {max_len} tokens packed to the budget): up to {gb * tokens:,} tokens per step")
+    if ramp:
+        line += f"; the budget grows from {max_len} to {tokens:,} over the first {ramp} steps"
+    return line
+
+
 def summary_lines(checked, rep=None) -> list[str]:
     """`rep`: the planc.estimate Report (exact per-rank shards, memory and traffic estimates)."""
     plan, ctx = checked.plan, checked.ctx
@@ -27,10 +49,9 @@ def summary_lines(checked, rep=None) -> list[str]:
         d = ctx.degrees
         dims = [f"{k} {v}" for k, v in d.items() if v != 1] or ["1 process"]
         lines.append(f"  mesh        world {ctx.world} = {' x '.join(dims)}  [{plan['mesh.device']}]")
-        gb, mb = plan["train.global_batch"], plan["train.micro_batch"]
-        if gb and mb and gb % (mb * ctx.dp) == 0:
-            lines.append(f"  batch       dp {ctx.dp} x micro_batch {mb} x grad_accum {gb // (mb * ctx.dp)} = "
-                         f"global_batch {gb} rows of {plan['data.max_len']} tokens")
+        line = batch_line(plan, ctx.dp)
+        if line:
+            lines.append(f"  batch       {line}")
     if ctx.tree is not None:
         for kind, label in (("fsdp", "fsdp"), ("checkpoint", "checkpoint"), ("tp", "tp"), ("sp", "sp"),
                             ("ep", "ep"), ("compile", "compile")):
@@ -52,6 +73,9 @@ def summary_lines(checked, rep=None) -> list[str]:
         every = plan["checkpoint.every"] or plan["train.steps"]
         lines.append(f"  checkpoint  {plan['checkpoint.dir']} every {every} steps, keep {plan['checkpoint.keep']}, "
                      f"export {plan['checkpoint.export']}")
+    for note in ctx.notes:  # what a static check cannot know (a dry run, or the run, tells)
+        if note.startswith("not checked: "):
+            lines.append(f"  not checked {note[len('not checked: '):]}")
     return lines
 
 

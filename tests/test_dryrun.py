@@ -88,7 +88,8 @@ def test_layout_is_the_runtime_mesh(degrees):
 
 
 def test_runtime_error_is_located(tmp_path):
-    """A glob the checks let through but the runtime refuses: the error sits on that rule's line."""
+    """A glob the runtime refuses (a norm is not a Linear): the dry run's error sits on that rule's
+    line, as the check's own `tp-module` error does."""
     from planc.dryrun import StepFailed
     from tests.planfix import base_plan, make_workspace
 
@@ -98,8 +99,8 @@ def test_runtime_error_is_located(tmp_path):
     path = ws / "bad.veo"
     path.write_text(text)
     checked = check_file(str(path))
-    assert checked.ok
+    line = text[: text.index('tp rowwise "model.layers.*.post')].count("\n") + 1
+    assert [(d.rule, d.span.line) for d in checked.diagnostics if d.severity == "error"] == [("tp-module", line)]
     with pytest.raises(StepFailed) as e:
         dry_run(checked)
-    line = text[: text.index('tp rowwise "model.layers.*.post')].count("\n") + 1
     assert e.value.span.line == line and "nn.Linear" in str(e.value)

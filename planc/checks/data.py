@@ -14,7 +14,8 @@ RULES = {
     "data-field": "the text / messages field exists in the first records of each source",
     "tokenizer": "the tokenizer is a local HF tokenizer directory",
     "vocab-size": "the tokenizer's vocabulary fits the model's embedding",
-    "max-len": "max_len fits the model's position embeddings",
+    "max-len": "max_len fits the model's position embeddings (an error for a learned position table, a "
+               "warning for rotary ones, which extrapolate)",
     "pack-budget": "a dynamic token budget holds at least one max_len sample",
     "chat-template": "sft sources have a chat template (the tokenizer's, or the built-in chatml)",
     "pack-micro-batch": "dynamic batching fills each micro-batch by tokens: micro_batch = 1",
@@ -47,7 +48,8 @@ def check(ctx) -> None:
     if "data" not in p.blocks:
         return
     if ctx.skip_files:
-        ctx.notes.append("data and tokenizer files not read (--skip-files)")
+        ctx.notes.append("not checked: the data and tokenizer files (--skip-files): sources, fields, records, "
+                         "the tokenizer's vocabulary and chat template")
     else:
         for src in p.sources:
             _check_source(ctx, src)
@@ -62,7 +64,12 @@ def check(ctx) -> None:
                   p.span("data.tokens"), f"use tokens >= {max_len} (max_len)")
     if ctx.tree is not None:
         mpe = getattr(ctx.tree.config, "max_position_embeddings", None)
-        if mpe and max_len > mpe:
+        table = _position_table(ctx.tree.model)
+        if table is not None and max_len > table:
+            ctx.error("max-len", f"max_len ({max_len}) exceeds the {table} positions of the model's learned "
+                      "position embeddings: a longer document indexes past the table", p.span("data.max_len"),
+                      f"use max_len <= {table}")
+        elif mpe and max_len > mpe:
             ctx.warn("max-len", f"max_len ({max_len}) exceeds the model's max_position_embeddings ({mpe})",
                      p.span("data.max_len"), f"use max_len <= {mpe}, or extend the rotary scaling in the config")
     if not ctx.skip_files and p.sources and not any(d.severity == "error" and d.rule in RULES for d in ctx.diags):
@@ -70,6 +77,21 @@ def check(ctx) -> None:
     if not p.sources and "data" in p.blocks:
         ctx.error("data-source", "the data block names no source", p.blocks["data"],
                   'add `source "NAME" { path = "..." }`')
+
+
+def _position_table(model) -> int | None:
+    """Positions a learned position-embedding table holds (GPT-2's wpe, OPT's embed_positions, less
+    its offset), or None for models without one (rotary: longer rows run, extrapolated)."""
+    from torch import nn
+
+    if model is None:
+        return None
+    embed, sizes = model.get_input_embeddings(), []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Embedding) and m is not embed and ("position" in (name + type(m).__name__).lower()
+                                                               or name.endswith(".wpe")):
+            sizes.append(m.num_embeddings - int(getattr(m, "offset", 0) or 0))
+    return min(sizes) if sizes else None
 
 
 def _check_source(ctx, src) -> None:
@@ -80,9 +102,6 @@ def _check_source(ctx, src) -> None:
     path = src["path"]
     if path is None:
         return
-    if src["weight"] is not None and src["weight"] <= 0:
-        ctx.error("range", f"source {src.name!r}: weight must be more than 0", src.settings["weight"].span,
-                  "a weight is the source's share of the mixture; drop the source instead")
     span = src.settings["path"].span or src.span
     fmt_span = src.settings["format"].span or span
     try:

@@ -1,4 +1,5 @@
-"""Kernel rules: what runs where. Triton kernels need CUDA; on a CPU plan the torch path runs."""
+"""Kernel rules: what runs where. Triton kernels need CUDA; on a CPU plan the torch path runs.
+flash_attention_2 needs CUDA and the flash-attn package, which only the training machines can show."""
 from __future__ import annotations
 
 from ..schema import KERNELS
@@ -7,11 +8,24 @@ RULES = {
     "kernel-device": "Triton kernels need CUDA: on a CPU plan the torch fallback runs instead",
     "kernel-model": "a kernel is available for the model's family",
     "kernel-tp": "the fused linear + cross-entropy needs a whole lm_head (not a vocab-sharded `tp loss` one)",
+    "attention-device": "attention = flash_attention_2 needs CUDA (an error on a CPU plan) and the flash-attn "
+                        "package where the script runs (a warning: only a dry run there can tell)",
 }
 
 
 def check(ctx) -> None:
     p = ctx.plan
+    if p["model.attention"] == "flash_attention_2":
+        span = p.span("model.attention")
+        if any(d.rule == "sp-attention" for d in ctx.diags):
+            pass  # Ulysses refuses it already: one error for one setting
+        elif p["mesh.device"] == "cpu":
+            ctx.error("attention-device", "flash_attention_2 runs on CUDA only, and this plan runs on the CPU",
+                      span, "use attention = sdpa")
+        else:
+            ctx.warn("attention-device", "not checked: flash_attention_2 needs the flash-attn package on the "
+                     "machines that run the script; transformers refuses to build the model without it",
+                     span, "run `planc check --dry-run` on such a machine (it builds the model), or use sdpa")
     if "kernels" not in p.blocks:
         return
     for op in KERNELS.keys:

@@ -6,11 +6,19 @@ RULES = {
     "warmup": "warm-up is shorter than the run",
     "cpu-dtype": "a CPU plan trains in fp32 (bf16 is ~18x slower on this kind of CPU)",
     "mixed-precision": "mixed_precision needs FSDP units to apply it",
+    "moe-aux-loss": "moe_aux_loss weighs an MoE router's load-balancing loss: a warning when the model has none",
 }
 
 
 def check(ctx) -> None:
     p = ctx.plan
+    aux = p.settings.get("train.moe_aux_loss")
+    if aux is not None and aux.written and ctx.tree is not None:
+        from ..model_tree import num_experts
+
+        if not (num_experts(ctx.tree.config) and hasattr(ctx.tree.config, "router_aux_loss_coef")):  # as lower.py
+            ctx.warn("moe-aux-loss", f"moe_aux_loss has no effect: {ctx.tree.model_type} has no MoE router with a "
+                     "load-balancing loss", p.span("train.moe_aux_loss"), "drop it")
     if p["train.global_batch"] is None or p["train.micro_batch"] is None:
         return
     gb, mb = p["train.global_batch"], p["train.micro_batch"]

@@ -14,9 +14,17 @@ from .comm import Collective, per_axis, traffic, workload
 from .memory import MemoryEstimate, estimate_memory
 from .shards import states_per_rank
 
+# More than any one device holds: the largest accelerators carry 288 GB (B300, MI355X), so a rank
+# that needs over 1 TiB fits none of them. Without --device-memory a plan above it is an error
+# (`memory-ceiling`); a machine that really holds more says so with --device-memory, and then
+# `memory-budget` alone decides.
+CEILING = 2**40
+
 RULES = {
     "node-span": "a tp or sp group stays inside one node (they talk every layer); warns otherwise",
     "memory-budget": "every rank's estimated memory fits --device-memory; the error names the line to change",
+    "memory-ceiling": "without --device-memory, every rank's estimate stays under 1 TiB (more than any "
+                      "accelerator holds); the error names the line to change",
 }
 
 
@@ -80,6 +88,8 @@ def report(checked, *, dry_run: bool = False, device_memory: int | None = None,
     rep.diagnostics += node_span(checked, layout, gpn)
     if device_memory is not None:
         rep.diagnostics += memory_budget(checked, memory, device_memory)
+    else:
+        rep.diagnostics += memory_budget(checked, memory, CEILING, rule="memory-ceiling")
     return rep
 
 
@@ -102,8 +112,9 @@ def node_span(checked, layout: Layout, gpus_per_node: int) -> list[Diagnostic]:
     return out
 
 
-def memory_budget(checked, memory: MemoryEstimate, budget: int) -> list[Diagnostic]:
-    """An error at the plan line whose change helps most when the worst rank does not fit."""
+def memory_budget(checked, memory: MemoryEstimate, budget: int, rule: str = "memory-budget") -> list[Diagnostic]:
+    """An error at the plan line whose change helps most when the worst rank does not fit `budget`
+    (--device-memory; or, as `memory-ceiling`, more memory than any device has)."""
     worst = memory.worst
     if worst.total <= budget:
         return []
@@ -116,9 +127,21 @@ def memory_budget(checked, memory: MemoryEstimate, budget: int) -> list[Diagnost
     fsdp_rules = [r for r in plan.rules if r.kind == "fsdp"]
     mb = plan["train.micro_batch"]
     over = worst.total - budget
+    per_token = groups["activations"] + groups["logits"]
+    # even one row (micro_batch = 1) does not fit next to everything else: the row is too long
+    room = budget - (worst.total - per_token)
+    row_too_long = 0 < room < per_token / max(mb, 1)
+    dynamic = plan["data.pack"] == "dynamic"
     if biggest == "activations" and not ckpt_rules:
         span = plan.blocks.get("parallelize", plan.span("train.micro_batch"))
         help = 'checkpoint the decoder layers (`checkpoint "model.layers.*"`): each then keeps only its input'
+    elif biggest in ("activations", "logits") and row_too_long:
+        key = "data.tokens" if dynamic else "data.max_len"
+        span = plan.span(key)
+        sp = ctx.degrees["sp"]
+        help = (f"one row of {plan[key]:,} tokens alone needs about {fmt_bytes(per_token / max(mb, 1))}: shorter "
+                f"rows ({key.split('.')[1]}), or " + (f"a larger sp (now {sp})" if sp > 1 else "Ulysses (`sp`)")
+                + " to split each row's tokens over more ranks")
     elif biggest in ("activations", "logits") and mb > 1:
         span = plan.span("train.micro_batch")
         need = max(1, int(mb * (1 - over / max(1.0, groups["activations"] + groups["logits"]))))
@@ -145,8 +168,12 @@ def memory_budget(checked, memory: MemoryEstimate, budget: int) -> list[Diagnost
         help += "; or `kernels { fused_ce = auto }`: the loss in chunks, never the full logits"
     parts = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in groups.items())
     who = ("rank " if len(worst.ranks) == 1 else "ranks ") + fmt_ranks(worst.ranks, 3)
-    return [Diagnostic("memory-budget", f"{who} need{'s' * (len(worst.ranks) == 1)} about {fmt_bytes(worst.total)}, over the "
-                       f"{fmt_bytes(budget)} device memory ({parts}); {biggest} weigh most", span, help)]
+    what = (f"the {fmt_bytes(budget)} device memory" if rule == "memory-budget" else
+            f"{fmt_bytes(budget)}, more than any accelerator holds")
+    if rule == "memory-ceiling":
+        help += "; if a device of yours really holds this much, give it with --device-memory"
+    return [Diagnostic(rule, f"{who} need{'s' * (len(worst.ranks) == 1)} about {fmt_bytes(worst.total)}, over "
+                       f"{what} ({parts}); {biggest} weigh most", span, help)]
 
 
 __all__ = ["RULES", "Report", "report", "fmt_bytes", "fmt_ranks", "workload"]

@@ -3,8 +3,10 @@
 Each of the `sp` ranks holds a slice of every row's sequence. Everything outside attention is
 per-token, so it runs on the slice as is; attention needs the whole sequence, so around it one
 all-to-all trades "my tokens, all heads" for "all tokens, my heads" and a second one trades back.
-The attention itself is the model's own sdpa/eager function, registered under
-``ulysses_<inner>`` through `transformers.AttentionInterface`.
+The attention itself is the model's own sdpa or eager function, registered under
+``ulysses_<inner>`` through `transformers.AttentionInterface`: sdpa is transformers' shared one;
+eager is each model's own `eager_attention_forward` (in the module that defines its attention
+class), which needs the causal mask spelled out as an additive float mask.
 
 The data side (`slice_for_sp`): pad rows to a multiple of sp, then cut input_ids, the already
 shifted labels and the *global* position_ids into sp slices; every sp rank reads the same rows.
@@ -25,7 +27,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..vocab import ULYSSES_ATTENTIONS
 
-__all__ = ["apply_ulysses", "slice_for_sp", "block_causal_mask", "register_ulysses", "check_heads"]
+__all__ = ["apply_ulysses", "slice_for_sp", "block_causal_mask", "register_ulysses", "check_heads",
+           "is_attention", "local_heads", "eager_function"]
 
 
 def block_causal_mask(position_ids: torch.Tensor, dtype: torch.dtype = torch.bool) -> torch.Tensor:
@@ -55,6 +58,32 @@ def check_heads(q_heads: int, kv_heads: int, sp: int) -> None:
     if kv_heads % sp and sp % kv_heads:
         raise ValueError(f"Ulysses sp={sp} needs the KV heads ({kv_heads}) divisible by sp, "
                          f"or sp divisible by them (KV heads are then repeated)")
+
+
+def is_attention(module) -> bool:
+    """An HF attention module, as Ulysses recognises one (it has KV groups and a head_dim)."""
+    return hasattr(module, "num_key_value_groups") and hasattr(module, "head_dim")
+
+
+def local_heads(attn: nn.Module, proj: str, default: int, split: int = 1) -> int:
+    """Heads this rank computes through `attn.<proj>`: after TP a projection's weight is a DTensor
+    with local rows. `split` divides the rows of a still whole weight the way TP will (a checker
+    asking before sharding); `default` answers for an attention module without that projection."""
+    linear = getattr(attn, proj, None)
+    if linear is None:
+        return default
+    w = linear.weight
+    rows = w.to_local().shape[0] if hasattr(w, "to_local") else w.shape[0]
+    return rows // split // attn.head_dim
+
+
+def eager_function(module):
+    """The model's own eager attention (`eager_attention_forward` in the module that defines the
+    attention class), or None: transformers keeps no shared "eager" entry."""
+    import sys
+
+    fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    return fn if callable(fn) else None
 
 
 def _seq_to_heads(x: torch.Tensor, group, sp: int) -> torch.Tensor:
@@ -112,7 +141,9 @@ def _ulysses_forward(inner_name: str):
             raise ValueError(f"Ulysses attention got a mask for {attention_mask.shape[-1]} keys but the "
                              f"gathered sequence has {query.shape[2]}; pass a full-length 4-D mask or none")
         kwargs.pop("position_ids", None)
-        inner = ALL_ATTENTION_FUNCTIONS[inner_name]
+        inner = eager_function(module) if inner_name == "eager" else ALL_ATTENTION_FUNCTIONS[inner_name]
+        if inner is None:
+            raise ValueError(f"{type(module).__name__} has no eager_attention_forward for Ulysses to call")
         out, _ = inner(target, query, key, value, attention_mask, **kwargs)
         # Attention weights of local heads would be misleading: return none.
         return _heads_to_seq(out, group, sp), None
@@ -141,10 +172,13 @@ def _global_mask(position_ids, group, inner_name: str, dtype):
     parts = position_ids.new_empty(sp * rows, part)
     dist.all_gather_single(parts, position_ids.contiguous(), group=group)
     full = parts.view(sp, rows, part).permute(1, 0, 2).reshape(rows, sp * part)
+    if inner_name == "eager":
+        # eager attention masks nothing by itself: even plain causal rows need the mask, additive
+        return block_causal_mask(full, dtype)
     expected = torch.arange(full.shape[1], device=full.device).expand_as(full)
     if torch.equal(full, expected):
-        return None  # one document per row: let the kernel do plain causal attention
-    return block_causal_mask(full, torch.bool if inner_name != "eager" else dtype)
+        return None  # one document per row: sdpa does plain causal attention (is_causal)
+    return block_causal_mask(full, torch.bool)
 
 
 def register_ulysses(inner: str = "sdpa") -> str:
@@ -160,15 +194,17 @@ def apply_ulysses(model: nn.Module, sp_mesh: DeviceMesh, modules: list[str] | No
     """Route `model`'s attention through Ulysses over `sp_mesh`.
 
     `modules` are the attention modules (a plan's `sp ulysses` globs, resolved); by default every
-    module that has `num_key_value_groups` and `head_dim` (HF attention). All of them must be
-    covered: the batch is sequence-sharded everywhere.
+    module that has `num_key_value_groups` and `head_dim` (`is_attention`). All of them must be
+    covered: the batch is sequence-sharded everywhere. The model's attention implementation
+    (sdpa or eager) becomes the inner function.
     """
     sp = sp_mesh.size()
     inner = model.config._attn_implementation or "sdpa"
     if inner.startswith("ulysses_"):
         inner = inner[len("ulysses_"):]
-    attn = {n: m for n, m in model.named_modules()
-            if hasattr(m, "num_key_value_groups") and hasattr(m, "head_dim")}
+    if inner not in ULYSSES_ATTENTIONS:
+        raise ValueError(f"Ulysses wraps sdpa or eager attention, not {inner!r}")
+    attn = {n: m for n, m in model.named_modules() if is_attention(m)}
     if modules is None:
         modules = list(attn)
     missing = sorted(set(attn) - set(modules))
@@ -181,24 +217,17 @@ def apply_ulysses(model: nn.Module, sp_mesh: DeviceMesh, modules: list[str] | No
         if name not in attn:
             raise ValueError(f"sp ulysses: {name!r} is not an attention module")
         mod = attn[name]
-        q_heads = _local_heads(mod, "q_proj", cfg.num_attention_heads)
+        q_heads = local_heads(mod, "q_proj", cfg.num_attention_heads)
         kv_default = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        kv_heads = _local_heads(mod, "k_proj", kv_default)
+        kv_heads = local_heads(mod, "k_proj", kv_default)
         check_heads(q_heads, kv_heads, sp)
+        if inner == "eager" and eager_function(mod) is None:
+            raise ValueError(f"sp ulysses with eager attention: {type(mod).__name__}'s module defines no "
+                             f"eager_attention_forward to call; use attention = sdpa")
     for name in modules:
         attn[name].sp_group = sp_mesh.get_group()
     model.set_attn_implementation(register_ulysses(inner))
     return model
-
-
-def _local_heads(attn: nn.Module, proj: str, default: int) -> int:
-    """Heads this rank computes: after TP a projection's weight is a DTensor with local rows."""
-    linear = getattr(attn, proj, None)
-    if linear is None:
-        return default
-    w = linear.weight
-    rows = w.to_local().shape[0] if hasattr(w, "to_local") else w.shape[0]
-    return rows // attn.head_dim
 
 
 def slice_for_sp(batch: dict, sp_rank: int, sp: int, pad_id: int = 0) -> dict:

@@ -52,6 +52,10 @@ LAYOUTS = {
     "fsdp4xep2":     ("moe", dict(dp_shard=4, ep=2), None, 32),
     "fsdp2xtp2xep2": ("moe", dict(dp_shard=2, tp=2, ep=2), "hf", 32),
     "hsdp2x2xep2":   ("moe", dict(dp_replicate=2, dp_shard=2, ep=2), None, 32),
+    # Ulysses around the model's own eager attention (an additive float mask, built by Ulysses)
+    "fsdp2xsp2_eager": ("dense_eager", dict(dp_shard=2, sp=2), None, 29),
+    "sp4_eager":     ("dense_eager", dict(sp=4), None, 29),  # 2 KV heads over 4 ranks: repeated
+    "sp2xtp2_eager": ("dense_eager", dict(sp=2, tp=2), "full", 32),
 }
 
 
@@ -59,12 +63,12 @@ def model_config(kind: str):
     common = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
                   tie_word_embeddings=False, use_cache=False)
-    if kind == "dense":
+    if kind.startswith("dense"):
         cfg = Qwen3Config(intermediate_size=128, **common)
     else:
         cfg = Qwen3MoeConfig(intermediate_size=128, moe_intermediate_size=32, num_experts=8,
                              num_experts_per_tok=2, decoder_sparse_step=1, norm_topk_prob=True, **common)
-    cfg._attn_implementation = "sdpa"
+    cfg._attn_implementation = "eager" if kind.endswith("_eager") else "sdpa"
     return cfg
 
 
