@@ -53,14 +53,15 @@ STATE_VERSION = 1
 
 
 class PlanDataset(torch.utils.data.Dataset):
-    """Collates a micro-batch plan (rows of (ids, labels) documents, row length) into tensors."""
+    """Collates a micro-batch plan (rows of (ids, labels) documents, row length) into tensors,
+    with `collate(rows, length, pad)` (text rows by default; see runtime.data.multimodal)."""
 
-    def __init__(self, pad: int):
-        self.pad = pad
+    def __init__(self, pad: int, collate: Callable = collate_rows):
+        self.pad, self.collate = pad, collate
 
     def __getitem__(self, key):
         rows, length = key
-        return collate_rows(rows, length, self.pad)
+        return self.collate(rows, length, self.pad)
 
     def __len__(self):  # keys are plans, not indices; a length is meaningless here
         raise TypeError("PlanDataset is indexed by micro-batch plans")
@@ -308,15 +309,17 @@ def _check_batching(pack, max_len, micro_batch, tokens, warmup_steps) -> None:
 
 def loader_from_orders(orders, weights, *, pack, max_len, micro_batch, grad_accum, dp_rank=0, dp_size=1,
                        tokens=None, warmup_steps=0, pad=0, pad_to_multiple_of=1, lookahead=4.0,
-                       global_mode=True, bad=None, log=None, names=None) -> StepLoader:
-    """The loader over ready document streams (MapOrder / StreamOrder); build_loader's second half."""
+                       global_mode=True, bad=None, log=None, names=None, collate=collate_rows,
+                       patches=None) -> StepLoader:
+    """The loader over ready document streams (MapOrder / StreamOrder); build_loader's second half.
+    `collate(rows, length, pad)` makes a micro-batch; `patches`: a vision-patch budget per bin."""
     _check_batching(pack, max_len, micro_batch, tokens, warmup_steps)
     log = log or (lambda msg: None)
     mixture = Mixture(orders, weights, exact_epochs=len(orders) == 1)
     rows = micro_batch if pack != "dynamic" else 1
     n_bins = rows * grad_accum * (dp_size if global_mode else 1)
     planner = StepPlanner(mixture, pack, n_bins, max_len, tokens=tokens, warmup_steps=warmup_steps,
-                          lookahead=lookahead)
+                          lookahead=lookahead, patches=patches)
     fixed = round_up(max_len, pad_to_multiple_of)
 
     def row_length(n_tokens: int) -> int:
@@ -327,6 +330,6 @@ def loader_from_orders(orders, weights, *, pack, max_len, micro_batch, grad_accu
     sampler = PlanSampler(planner, orders, dp_rank, dp_size, rows, grad_accum, row_length, global_mode)
     with warnings.catch_warnings():  # torchdata 0.11 calls a deprecated torch.set_vital on every rank
         warnings.filterwarnings("ignore", message=".*set_vital.*")
-        dataloader = StatefulDataLoader(PlanDataset(pad), batch_size=None, sampler=sampler, num_workers=0)
+        dataloader = StatefulDataLoader(PlanDataset(pad, collate), batch_size=None, sampler=sampler, num_workers=0)
     return StepLoader(dataloader, sampler, grad_accum, bad or BadRecords(), log,
                       names or [f"source{i}" for i in range(len(orders))])
