@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from runtime.data.bad_records import BadRecordError, BadRecords
-from runtime.data.multimodal import RecordError, build_vl_loader, conversation
+from runtime.data.multimodal import RecordError, build_vl_loader, check_vl_sources, conversation
 from runtime.data.multimodal.docs import VLDocMaker, build_vl_store
 from runtime.data.multimodal.template import render
 from runtime.data.multimodal.video import plan_video, video_pixels
@@ -101,6 +101,16 @@ def test_bad_records_are_counted_with_file_and_line(data, tmp_path):
                    (f"{path}:8", "vision tokens do not match the media")}
     with pytest.raises(BadRecordError, match=f"{path}:2: missing image file"):
         build_vl_store(read_records(source(path)), VLDocMaker(source(path), proc, 64, BadRecords("fail")))
+
+
+def test_check_names_the_first_problem(data, tmp_path):
+    proc = vlfix.processor("tiny-qwen2.5-vl", data["tokenizer"])
+    assert check_vl_sources([source(data["chat"])], proc, 512) == []
+    path = tmp_path / "all_bad.jsonl"
+    path.write_text(json.dumps(vlfix.hf([{"type": "image", "image": "gone.png"}], "x")) + "\n")
+    (err,) = check_vl_sources([source(path), Source("s", str(path), kind="pretrain")], proc, 512)[:1]
+    assert f"{path}:1: missing image file" in err
+    assert "map-style sft" in check_vl_sources([Source("s", str(path), kind="pretrain")], proc, 512)[0]
 
 
 # -- token and pixel layout -----------------------------------------------------------------------

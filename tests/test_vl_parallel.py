@@ -1,6 +1,6 @@
 """Vision-language models under the runtime's parallel layouts on 2 gloo processes, against one
 process (fp32, 2 AdamW steps): FSDP2 with a rank whose micro-batch has no image (Qwen2.5-VL,
-Qwen3-VL), Ulysses SP=2 with images and video, EP=2 on Qwen3-VL-MoE; and sharded loading of HF
+Qwen3-VL; and with the vision blocks frozen, the merger at its own rate), Ulysses SP=2 with images and video, EP=2 on Qwen3-VL-MoE; and sharded loading of HF
 safetensors plus the export from shards. One launch: see tests/mp/vl_checks.py."""
 import json
 
@@ -12,6 +12,7 @@ import vlfix
 
 CHECKS = ["tiny-qwen2.5-vl.rank1_has_a_textonly_micro_batch", "tiny-qwen2.5-vl.fsdp2",
           "tiny-qwen3-vl.rank1_has_a_textonly_micro_batch", "tiny-qwen3-vl.fsdp2",
+          "tiny-qwen3-vl.fsdp2_frozen_tower", "tiny-qwen3-vl.frozen_stay",
           "tiny-qwen2.5-vl.sp2", "tiny-qwen3-vl.sp2",
           "tiny-qwen3-vl-moe.experts_split", "tiny-qwen3-vl-moe.ep2",
           "tiny-qwen2.5-vl.sharded_load_exact", "tiny-qwen2.5-vl.export_reloads_exactly",

@@ -33,6 +33,7 @@ from runtime.parallel.ep import apply_ep, shard_experts  # noqa: E402
 from runtime.parallel.fsdp import apply_fsdp  # noqa: E402
 from runtime.parallel.mesh_ep import ep_meshes  # noqa: E402
 from runtime.parallel.ulysses_vl import apply_ulysses_vl, slice_labels  # noqa: E402
+from runtime.parts import freeze  # noqa: E402
 
 out_path, work, data_dir = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 info = dist.init("cpu")
@@ -63,9 +64,9 @@ def global_step(name, multiple=1):
     return [collate([row], 0, proc.tok.pad_token_id) for row in rows]
 
 
-def train(model, micro_batches, group, steps=2, sp=None):
+def train(model, micro_batches, group, steps=2, sp=None, parts=()):
     """Per-step loss and gradient norm; loss normalised by the step's global target count."""
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0, foreach=False)
+    opt = optim.build_optimizer(model, lr=2e-3, parts=parts)
     losses, norms = [], []
     for _ in range(steps):
         mbs = [slice_labels(mb, *sp) for mb in micro_batches] if sp else micro_batches
@@ -82,9 +83,11 @@ def train(model, micro_batches, group, steps=2, sp=None):
     return losses, norms
 
 
-def reference_run(name, mbs):
+def reference_run(name, mbs, frozen=(), parts=()):
     ref = vlfix.reference(name, seed=0)
-    opt = torch.optim.AdamW(ref.parameters(), lr=2e-3, weight_decay=0.0, foreach=False)
+    if frozen:
+        freeze(ref, frozen)
+    opt = optim.build_optimizer(ref, lr=2e-3, parts=parts)
     losses, norms = [], []
     for _ in range(2):
         n = sum(int((mb["labels"] != -100).sum()) for mb in mbs)
@@ -107,9 +110,11 @@ def compare(check, got, want, tol=2e-6):
            worst=worst, losses=gl, ref_losses=wl, norms=gn, ref_norms=wn)
 
 
-def layout(name, *, sp=1, ep=1):
+def layout(name, *, sp=1, ep=1, frozen=()):
     mesh = dist.build_mesh(info, dp_shard=info.world // sp, sp=sp)
     m = models.build_meta(vlfix.CONFIGS[name])
+    if frozen:
+        freeze(m, frozen)
     if ep > 1:
         ep_mesh, ep_fsdp = ep_meshes(mesh.root, ep)
         apply_ep(m, ep_mesh)
@@ -131,6 +136,16 @@ for name in ("tiny-qwen2.5-vl", "tiny-qwen3-vl"):
            tdist.get_rank() != 1 or all(int(g.prod(1).max()) == 4 for g in (mine[0]["image_grid_thw"],
                                                                         mine[0]["video_grid_thw"])))
     compare(f"{name}.fsdp2", train(m, mine, mesh.loss_group), reference_run(name, mbs))
+
+# 1b. FSDP2 with the vision tower's blocks frozen and its merger at a tenth of the rate.
+name, frozen, parts = "tiny-qwen3-vl", ["model.visual.blocks.*"], [("model.visual.merger", 2e-4)]
+mbs = global_step(name)
+m, mesh = layout(name, frozen=frozen)
+start = {n: p.full_tensor().clone() for n, p in m.named_parameters() if not p.requires_grad}
+compare(f"{name}.fsdp2_frozen_tower", train(m, mbs[2 * mesh.dp_rank:2 * mesh.dp_rank + 2], mesh.loss_group,
+                                            parts=parts), reference_run(name, mbs, frozen, parts))
+moved = [n for n, p in m.named_parameters() if not p.requires_grad and not torch.equal(p.full_tensor(), start[n])]
+record(f"{name}.frozen_stay", start and not moved, f"{len(start)} frozen, moved: {moved[:3]}")
 
 # 2. Ulysses SP=2: each sp rank holds half of every row; images whole on both.
 for name in ("tiny-qwen2.5-vl", "tiny-qwen3-vl"):

@@ -1,7 +1,8 @@
 """Vision-language training data: conversation records with images and videos (records.py),
 offline processing (media.py, video.py, processor.py, template.py), per-sample mrope positions
 (positions.py), documents and bad records (docs.py), packed collation with a dummy vision input
-for micro-batches without one (collate.py), and the loader (loader.py)."""
+for micro-batches without one (collate.py), the loader (loader.py) and pre-launch checks (checks.py)."""
+from .checks import check_vl_sources
 from .collate import Collator, model_inputs
 from .loader import build_vl_loader
 from .media import MediaError, MediaSettings, settings_for
@@ -10,6 +11,6 @@ from .processor import VLProcessor, load_hf_processor, save_hf_processor
 from .records import RecordError, conversation
 from .template import QWEN_VL_TEMPLATE
 
-__all__ = ["Collator", "model_inputs", "build_vl_loader", "MediaError", "MediaSettings", "settings_for",
+__all__ = ["check_vl_sources", "Collator", "model_inputs", "build_vl_loader", "MediaError", "MediaSettings", "settings_for",
            "RopeIndex", "VLProcessor", "load_hf_processor", "save_hf_processor", "RecordError",
            "conversation", "QWEN_VL_TEMPLATE"]
