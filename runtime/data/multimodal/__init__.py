@@ -7,10 +7,10 @@ from .collate import Collator, model_inputs
 from .loader import build_vl_loader
 from .media import MediaError, MediaSettings, settings_for
 from .positions import RopeIndex
-from .processor import VLProcessor, load_hf_processor, save_hf_processor
+from .processor import VLProcessor, build_processor, load_hf_processor, save_hf_processor
 from .records import RecordError, conversation
 from .template import QWEN_VL_TEMPLATE
 
 __all__ = ["check_vl_sources", "Collator", "model_inputs", "build_vl_loader", "MediaError", "MediaSettings", "settings_for",
-           "RopeIndex", "VLProcessor", "load_hf_processor", "save_hf_processor", "RecordError",
+           "RopeIndex", "VLProcessor", "build_processor", "load_hf_processor", "save_hf_processor", "RecordError",
            "conversation", "QWEN_VL_TEMPLATE"]
