@@ -150,8 +150,8 @@ def hf_processor_class(config):
 def save_hf_processor(out_dir, tok, config, settings: MediaSettings, template: str) -> Path:
     """Write the processor files into `out_dir`: `processor_config.json` names the family's processor
     class and carries the image processor and the video processor settings, beside the tokenizer and
-    ``chat_template.jinja``. `load_hf_processor` (or transformers' AutoProcessor where torchvision is
-    installed) reads it back."""
+    ``chat_template.jinja``. `load_hf_processor` reads it back; transformers' AutoProcessor needs
+    torchvision for the video processor and could not be tried here (none can be installed)."""
     out = Path(out_dir)
     cls = hf_processor_class(config)
     cls(image_processor=settings.image_processor(), tokenizer=tok, chat_template=template).save_pretrained(out)
