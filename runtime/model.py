@@ -1,14 +1,21 @@
-"""Build a Hugging Face causal LM on the meta device, and materialise it after sharding.
+"""Build a Hugging Face causal LM (or vision-language model) on the meta device, and materialise
+it after sharding.
 
 `build_meta` makes the module tree without allocating weights, so sharding rules can be applied
 first. `materialize` then allocates each rank's shards (`to_empty`) and fills them either from
 ``*.safetensors`` (read shard by shard through DCP's Hugging Face reader) or with a random init
 identical to a single-process ``from_config`` under the same seed (rank 0 builds the full model and
 broadcasts it). Rotary-embedding buffers are non-persistent, so neither path restores them: they
-are rebuilt here.
+are rebuilt here (the vision tower's too).
+
+A config with a `vision_config` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE...) is built with
+`AutoModelForImageTextToText` (`AutoModelForCausalLM` refuses it), and its safetensors are read with
+transformers' own key conversion (runtime.checkpoint.hf_keys): Qwen2.5-VL's `save_pretrained`
+writes keys that differ from its module tree.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -19,19 +26,30 @@ from torch.distributed.checkpoint import HuggingFaceStorageReader
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, set_model_state_dict,
 )
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
 __all__ = ["DTYPES", "load_config", "weights_dir", "build_meta", "materialize", "tied_keys",
-           "reset_rotary_buffers"]
+           "reset_rotary_buffers", "is_vision_language", "auto_class"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
+
+
+def is_vision_language(config) -> bool:
+    """Whether a config describes a vision-language model (it has a vision tower)."""
+    return getattr(config, "vision_config", None) is not None
+
+
+def auto_class(config):
+    """The transformers auto class that builds `config`."""
+    return AutoModelForImageTextToText if is_vision_language(config) else AutoModelForCausalLM
 
 
 def load_config(path, *, attention: str = "sdpa", trust_remote_code: bool = False):
     """HF config from a ``config.json`` file or a directory holding one; `use_cache` off.
 
     `use_cache=False` matters beyond memory: with a cache, transformers attends across packed
-    documents instead of restarting at each document's `position_ids == 0`.
+    documents instead of restarting at each document's `position_ids == 0`. A VL model reads it
+    from its TEXT config (the top-level one does not reach it), so it is turned off there too.
     A directory that ships its own modeling code (``auto_map``, e.g. LLaDA2) is loaded only with
     `trust_remote_code=True`: that code runs in this process.
     """
@@ -48,7 +66,9 @@ def load_config(path, *, attention: str = "sdpa", trust_remote_code: bool = Fals
         raise SystemExit(f"error: model.config: {path} ships its own modeling code (auto_map in config.json); "
                          "it runs only when trusted: set trust_remote_code = true in the model block") from None
     config.use_cache = False
-    config._attn_implementation = attention
+    if getattr(config, "text_config", None) is not None:
+        config.text_config.use_cache = False
+    config._attn_implementation = attention  # reaches the sub-configs (text, vision) as well
     return config
 
 
@@ -67,15 +87,15 @@ def weights_dir(config_path, weights=None) -> Path | None:
 
 def build_meta(config_path, *, dtype: str = "fp32", attention: str = "sdpa",
                trust_remote_code: bool = False) -> nn.Module:
-    """The causal LM on the meta device (no memory), in `dtype`, with `attention`; a model whose
-    directory ships its modeling code only with `trust_remote_code=True` (transformers then
-    registers that class for the config, so `materialize` rebuilds the same one)."""
+    """The causal LM (or VL model) on the meta device (no memory), in `dtype`, with `attention`; a
+    model whose directory ships its modeling code only with `trust_remote_code=True` (transformers
+    then registers that class for the config, so `materialize` rebuilds the same one)."""
     if dtype not in DTYPES:
         raise SystemExit(f"error: model.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     config = load_config(config_path, attention=attention, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype], attn_implementation=attention,
-                                                 trust_remote_code=trust_remote_code)
+        model = auto_class(config).from_config(config, dtype=DTYPES[dtype], attn_implementation=attention,
+                                               trust_remote_code=trust_remote_code)
     if dtype == "fp64" and getattr(model.config, "_experts_implementation", None) == "grouped_mm":
         # torch's grouped GEMM takes fp32, bf16 and fp16 only: fp64 experts run transformers' own loop
         model.set_experts_implementation("eager")
@@ -129,9 +149,11 @@ def materialize(model: nn.Module, device: torch.device, *, seed: int, weights: P
         full = {}
         if not dist.is_initialized() or dist.get_rank() == 0:
             torch.manual_seed(seed)
-            config = model.config
-            ref = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype,
-                                                   attn_implementation=config._attn_implementation)
+            # A copy: from_config sets its attention implementation on the config and all its
+            # sub-configs, which would undo a per-part choice (Ulysses on a VL model's text side).
+            config = copy.deepcopy(model.config)
+            ref = auto_class(config).from_config(config, dtype=next(model.parameters()).dtype,
+                                                 attn_implementation=config._attn_implementation)
             full = ref.state_dict()
         set_model_state_dict(model, full, options=StateDictOptions(
             full_state_dict=True, broadcast_from_rank0=dist.is_initialized()))
@@ -140,7 +162,13 @@ def materialize(model: nn.Module, device: torch.device, *, seed: int, weights: P
 
 def load_safetensors(model: nn.Module, path) -> None:
     """Fill the (possibly sharded) model from an HF safetensors directory, each rank reading only
-    the slices of its own shards (DCP's Hugging Face reader reshards on the fly)."""
+    the slices of its own shards (DCP's Hugging Face reader reshards on the fly). VL models go
+    through transformers' key conversion (runtime.checkpoint.hf_keys)."""
+    if is_vision_language(model.config):
+        from runtime.checkpoint.hf_keys import load_converted
+
+        load_converted(model, path, skip=tied_keys(model))
+        return
     state = get_model_state_dict(model)
     for key in tied_keys(model):
         state.pop(key, None)  # an alias: filled through the parameter it is tied to

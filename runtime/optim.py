@@ -38,9 +38,15 @@ def _foreach_ok(params) -> bool | None:
 
 
 def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.95),
-                    eps: float = 1e-8) -> torch.optim.AdamW:
-    """AdamW over `model`'s trainable parameters (call after sharding: it holds the shards)."""
-    groups = param_groups(model, weight_decay)
+                    eps: float = 1e-8, parts=()) -> torch.optim.AdamW:
+    """AdamW over `model`'s trainable parameters (call after sharding: it holds the shards).
+    `parts`: (module glob, lr) pairs giving parts of the model their own rate (runtime.parts)."""
+    if parts:
+        from runtime.parts import lr_groups
+
+        groups = lr_groups(model, lr, weight_decay, parts)
+    else:
+        groups = param_groups(model, weight_decay)
     params = [p for g in groups for p in g["params"]]
     if len(betas) != 2:
         raise ValueError(f"train.betas must hold two numbers, got {betas!r}")

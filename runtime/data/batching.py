@@ -8,6 +8,8 @@ data-parallel ranks always run the same number of micro-batches (collectives nev
 - `dynamic`: bins of a token budget (`tokens`, optionally ramped up from `max_len` over
   `warmup_steps`), each one micro-batch of shape (1, <= budget).
 
+With `patches` (vision-language data), every bin also holds at most that many vision patches.
+
 Documents are drawn into a look-ahead window (`lookahead` x the step's capacity in tokens) and
 placed longest-first into the fullest bin with room; what fits nowhere waits for the next step
 (documents that have waited twice go first). With `exact_epochs`, the end of the source's epoch is
@@ -18,12 +20,12 @@ is delivered exactly once.
 from __future__ import annotations
 
 from ..vocab import PACKS
-from .packing import fit_bins
+from .packing import fit_bins, fit_bins_2d
 
 
 class StepPlanner:
     def __init__(self, mixture, pack: str, n_bins: int, max_len: int, tokens: int | None = None,
-                 warmup_steps: int = 0, lookahead: float = 4.0):
+                 warmup_steps: int = 0, lookahead: float = 4.0, patches: int | None = None):
         if pack not in PACKS:
             raise ValueError(f"pack must be one of {PACKS}, got {pack!r}")
         if n_bins < 1:
@@ -33,6 +35,8 @@ class StepPlanner:
                 raise ValueError(f"dynamic batching needs a token budget >= max_len ({max_len}), got {tokens}")
         self.mixture, self.pack, self.n_bins, self.max_len = mixture, pack, n_bins, max_len
         self.tokens, self.warmup_steps, self.lookahead = tokens, warmup_steps, lookahead
+        # A second budget per bin (vision patches): each stream then has `patches(doc)`.
+        self.patches = patches
         self.step = 0           # steps planned so far
         self.epoch = 0          # epochs completed (exact_epochs only)
         self.draining = False   # the current epoch's documents are all in the window
@@ -83,8 +87,13 @@ class StepPlanner:
         else:
             order = sorted(range(len(self.window)),
                            key=lambda k: (self.window[k][3] < 2, -self.window[k][2], k))
-            placed, left = fit_bins([self.window[k][2] for k in order], self.n_bins, capacity,
-                                    worst=self.pack == "dynamic")
+            lengths = [self.window[k][2] for k in order]
+            if self.patches is None:
+                placed, left = fit_bins(lengths, self.n_bins, capacity, worst=self.pack == "dynamic")
+            else:
+                costs = [self.mixture.streams[self.window[k][0]].patches(self.window[k][1]) for k in order]
+                placed, left = fit_bins_2d(lengths, costs, self.n_bins, capacity, self.patches,
+                                           worst=self.pack == "dynamic")
             bins = [[(self.window[order[p]][0], self.window[order[p]][1]) for p in b] for b in placed]
             kept = sorted(order[p] for p in left)
             self.window = [[*self.window[k][:3], self.window[k][3] + 1] for k in kept]

@@ -53,14 +53,15 @@ STATE_VERSION = 1
 
 
 class PlanDataset(torch.utils.data.Dataset):
-    """Collates a micro-batch plan (rows of (ids, labels) documents, row length) into tensors."""
+    """Collates a micro-batch plan (rows of (ids, labels) documents, row length) into tensors,
+    with `collate(rows, length, pad)` (text rows by default; see runtime.data.multimodal)."""
 
-    def __init__(self, pad: int):
-        self.pad = pad
+    def __init__(self, pad: int, collate: Callable = collate_rows):
+        self.pad, self.collate = pad, collate
 
     def __getitem__(self, key):
         rows, length = key
-        return collate_rows(rows, length, self.pad)
+        return self.collate(rows, length, self.pad)
 
     def __len__(self):  # keys are plans, not indices; a length is meaningless here
         raise TypeError("PlanDataset is indexed by micro-batch plans")
@@ -241,7 +242,7 @@ def _cached_store(source: Source, maker: DocMaker, rank: int, world: int, option
     return store
 
 
-def _rank0_logger(dp_rank: int) -> Callable[[str], None]:
+def rank0_logger(dp_rank: int) -> Callable[[str], None]:
     if dp_rank != 0:
         return lambda msg: None
     return lambda msg: print(f"[data] {msg}", flush=True)
@@ -264,13 +265,13 @@ def build_loader(sources: Sequence[Source], tok, max_len: int, pack: str = "gree
         raise ValueError(f"dp_rank {dp_rank} out of range for dp_size {dp_size}")
     if micro_batch < 1 or grad_accum < 1 or pad_to_multiple_of < 1:
         raise ValueError(f"micro_batch, grad_accum and pad_to_multiple_of must be >= 1")
-    _check_batching(pack, max_len, micro_batch, tokens, warmup_steps)
+    check_batching(pack, max_len, micro_batch, tokens, warmup_steps)
     if isinstance(tok, (str, bytes)) or hasattr(tok, "__fspath__"):
         tok = load_tokenizer(tok)
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise ValueError(f"source names must be unique, got {names}")
-    log = log or _rank0_logger(dp_rank)
+    log = log or rank0_logger(dp_rank)
     bad = BadRecords(on_bad_record, log=log)
     # Global mode (every rank sees every document and plans the same global step) when all
     # sources are map-style; with any streaming source each rank reads and plans its own share.
@@ -297,7 +298,7 @@ def build_loader(sources: Sequence[Source], tok, max_len: int, pack: str = "gree
                               bad=bad, log=log, names=names)
 
 
-def _check_batching(pack, max_len, micro_batch, tokens, warmup_steps) -> None:
+def check_batching(pack, max_len, micro_batch, tokens, warmup_steps) -> None:
     if max_len < 2:
         raise ValueError(f"max_len must be >= 2, got {max_len}")
     if pack != "dynamic" and (tokens is not None or warmup_steps):
@@ -308,15 +309,17 @@ def _check_batching(pack, max_len, micro_batch, tokens, warmup_steps) -> None:
 
 def loader_from_orders(orders, weights, *, pack, max_len, micro_batch, grad_accum, dp_rank=0, dp_size=1,
                        tokens=None, warmup_steps=0, pad=0, pad_to_multiple_of=1, lookahead=4.0,
-                       global_mode=True, bad=None, log=None, names=None) -> StepLoader:
-    """The loader over ready document streams (MapOrder / StreamOrder); build_loader's second half."""
-    _check_batching(pack, max_len, micro_batch, tokens, warmup_steps)
+                       global_mode=True, bad=None, log=None, names=None, collate=collate_rows,
+                       patches=None) -> StepLoader:
+    """The loader over ready document streams (MapOrder / StreamOrder); build_loader's second half.
+    `collate(rows, length, pad)` makes a micro-batch; `patches`: a vision-patch budget per bin."""
+    check_batching(pack, max_len, micro_batch, tokens, warmup_steps)
     log = log or (lambda msg: None)
     mixture = Mixture(orders, weights, exact_epochs=len(orders) == 1)
     rows = micro_batch if pack != "dynamic" else 1
     n_bins = rows * grad_accum * (dp_size if global_mode else 1)
     planner = StepPlanner(mixture, pack, n_bins, max_len, tokens=tokens, warmup_steps=warmup_steps,
-                          lookahead=lookahead)
+                          lookahead=lookahead, patches=patches)
     fixed = round_up(max_len, pad_to_multiple_of)
 
     def row_length(n_tokens: int) -> int:
@@ -327,6 +330,6 @@ def loader_from_orders(orders, weights, *, pack, max_len, micro_batch, grad_accu
     sampler = PlanSampler(planner, orders, dp_rank, dp_size, rows, grad_accum, row_length, global_mode)
     with warnings.catch_warnings():  # torchdata 0.11 calls a deprecated torch.set_vital on every rank
         warnings.filterwarnings("ignore", message=".*set_vital.*")
-        dataloader = StatefulDataLoader(PlanDataset(pad), batch_size=None, sampler=sampler, num_workers=0)
+        dataloader = StatefulDataLoader(PlanDataset(pad, collate), batch_size=None, sampler=sampler, num_workers=0)
     return StepLoader(dataloader, sampler, grad_accum, bad or BadRecords(), log,
                       names or [f"source{i}" for i in range(len(orders))])

@@ -1,0 +1,47 @@
+"""A small byte-level BPE tokenizer with the Qwen-VL special tokens, for CPU demos and tests.
+
+`train_vl_tokenizer(texts, out)` trains it on the given texts and saves it as a Hugging Face
+tokenizer directory whose vision tokens are named (``tok.image_token``, ``tok.image_token_id``...)
+as the Qwen-VL processors expect, with the built-in vision-language chat template. The special
+tokens take ids 0-6 in the order of `SPECIAL_TOKENS`; the tiny VL configs in plans/models/
+(tiny-qwen2-vl, tiny-qwen2.5-vl, tiny-qwen3-vl, tiny-qwen3-vl-moe) use exactly these ids.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+VOCAB_SIZE = 1024
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>"]
+# Named as the Qwen-VL processors look them up on the tokenizer.
+VISION_TOKENS = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+                 "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"}
+
+
+def train_vl_tokenizer(texts: Iterable[str], out: str | Path, vocab_size: int = VOCAB_SIZE) -> Path:
+    """Train on `texts`, save to `out` (replacing it); pad = <|endoftext|>, eos = <|im_end|>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from runtime.data.multimodal.template import QWEN_VL_TEMPLATE
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # every byte: no <unk>
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+                                   extra_special_tokens=dict(VISION_TOKENS), model_max_length=1_000_000)
+    fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    fast.chat_template = QWEN_VL_TEMPLATE
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    fast.save_pretrained(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
