@@ -9,16 +9,16 @@ import argparse
 import json
 import sys
 
-from .diagnostics import render
+from . import args as A
+from .diagnostics import printable, render, shorten
 
 
 def _size(text: str) -> int:
-    from .parse import _UNITS
-
-    for unit, mult in sorted(_UNITS.items(), key=lambda kv: -len(kv[0])):
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * mult)
-    return int(text)
+    """Bytes of a --device-memory value (checked by planc.args.size when it was parsed)."""
+    n = A.size_bytes(str(text))
+    if n is None:
+        raise ValueError(f"not a size: {text!r}")
+    return n
 
 
 def _print_diags(checked, stream=None) -> None:
@@ -53,7 +53,7 @@ def cmd_check(args) -> int:
     _print_diags(checked)
     if not checked.ok:
         n = sum(d.severity == "error" for d in checked.diagnostics)
-        print(f"{args.plan}: {n} error{'s' * (n != 1)}; the plan does not compose", file=sys.stderr)
+        print(f"{printable(args.plan)}: {n} error{'s' * (n != 1)}; the plan does not compose", file=sys.stderr)
         return 2
     print("\n".join(summary_lines(checked, rep)))
     return 0
@@ -100,24 +100,24 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="prove that a plan composes", description="Check a plan against its "
                        "rules and its real model (built on the meta device); print a summary or diagnostics.")
     c.add_argument("plan", help="the .veo plan")
-    c.add_argument("--world", type=int, help="the world size to check against (else the plan's own)")
+    c.add_argument("--world", type=A.count, help="the world size to check against (else the plan's own)")
     c.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     c.add_argument("--skip-files", action="store_true", help="do not read data and tokenizer files (a plan "
                    "checked away from the storage that holds them)")
     c.add_argument("--dry-run", action="store_true", help="build the plan on a fake process group of --world "
                    "ranks with the runtime's own functions and report every rank's shards")
-    c.add_argument("--device-memory", metavar="SIZE", help="per-device memory budget, e.g. 80GiB: error when a "
-                   "rank's estimate exceeds it")
-    c.add_argument("--gpus-per-node", type=int, metavar="G", help="node size for placement warnings (else the "
+    c.add_argument("--device-memory", type=A.size, metavar="SIZE", help="per-device memory budget, e.g. 80GiB: "
+                   "error when a rank's estimate exceeds it")
+    c.add_argument("--gpus-per-node", type=A.count, metavar="G", help="node size for placement warnings (else the "
                    "plan's mesh.gpus_per_node)")
     c.set_defaults(func=cmd_check)
 
     c = sub.add_parser("explain", help="show the mesh, per-rank memory and traffic", description="Lay the "
                        "plan's mesh out as rank groups and nodes, with per-rank memory and per-axis traffic.")
     c.add_argument("plan", help="the .veo plan")
-    c.add_argument("--world", type=int, help="the world size (else the plan's own)")
-    c.add_argument("--gpus-per-node", type=int, metavar="G", help="node size (else the plan's mesh.gpus_per_node)")
-    c.add_argument("--device-memory", metavar="SIZE", help="per-device memory budget, e.g. 80GiB")
+    c.add_argument("--world", type=A.count, help="the world size (else the plan's own)")
+    c.add_argument("--gpus-per-node", type=A.count, metavar="G", help="node size (else the plan's mesh.gpus_per_node)")
+    c.add_argument("--device-memory", type=A.size, metavar="SIZE", help="per-device memory budget, e.g. 80GiB")
     c.add_argument("--dry-run", action="store_true", help="also build it on a fake process group (as check)")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.add_argument("--svg", metavar="FILE", help="also draw the mesh and the memory breakdown to FILE")
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "its training script (default generated/<plan name>.py).")
     c.add_argument("plan", help="the .veo plan")
     c.add_argument("-o", "--output", help="where to write the script")
-    c.add_argument("--world", type=int, help="the world size to check against")
+    c.add_argument("--world", type=A.count, help="the world size to check against")
     c.add_argument("--skip-files", action="store_true", help="do not read data and tokenizer files (a plan "
                    "compiled away from the storage that holds them)")
     c.set_defaults(func=cmd_compile)
@@ -151,13 +151,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # any text prints: a character the terminal cannot encode
+        if hasattr(stream, "reconfigure"):   # (a lone surrogate from a file name) comes out escaped
+            stream.reconfigure(errors="backslashreplace")
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a usage error (2, after argparse printed it) or --help (0)
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     try:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # a bug in planc, not in the plan: one line, never a traceback
-        print(f"planc: internal error: {type(e).__name__}: {e} (please report this with the plan)", file=sys.stderr)
+        print(printable(f"planc: internal error: {type(e).__name__}: {shorten(str(e))} (please report this with the "
+                        "plan)"), file=sys.stderr)
         return 3
 
 

@@ -118,9 +118,15 @@ def compile_plan(plan_path: str, output: str | None = None, world: int | None = 
     out = output or default_output(checked.plan.name)
     ir = lower(checked, out.replace(os.sep, "/"))
     text = render_script(ir)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    old = Path(out).read_text() if Path(out).exists() else None
-    if old != text:
-        Path(out).write_text(text)
+    try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        old = Path(out).read_text() if Path(out).exists() else None
+        if old != text:
+            Path(out).write_text(text)
+    except (OSError, ValueError) as e:  # -o names a directory, an unwritable place, a bad name
+        from .paths import reason
+
+        print(f"planc compile: cannot write {out}: {reason(e)}", file=sys.stderr)
+        return 2
     print(f"wrote {out}" if old != text else f"{out} is up to date")
     return 0

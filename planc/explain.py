@@ -151,8 +151,14 @@ def cmd_explain(args) -> int:
         print(f"{args.plan}: the plan does not compose; `planc check` says why", file=sys.stderr)
         return 2
     budget = _size(args.device_memory) if args.device_memory else None
-    out, rep = explain(checked, gpus_per_node=args.gpus_per_node, device_memory=budget, as_json=args.json,
-                       svg_path=args.svg, dry_run=getattr(args, "dry_run", False))
+    try:
+        out, rep = explain(checked, gpus_per_node=args.gpus_per_node, device_memory=budget, as_json=args.json,
+                           svg_path=args.svg, dry_run=getattr(args, "dry_run", False))
+    except OSError as e:  # only --svg writes a file
+        from .paths import reason
+
+        print(f"planc explain: cannot write {args.svg}: {reason(e)}", file=sys.stderr)
+        return 2
     if not args.json:
         for d in rep.diagnostics:
             from .diagnostics import render

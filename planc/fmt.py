@@ -9,17 +9,26 @@ from __future__ import annotations
 import json
 import sys
 
-from .diagnostics import PlanError, render
-from .parse import parse, parse_file
+from .diagnostics import PlanError, invisible, printable, render
+from .parse import parse, read_plan
 from .syntax import Assign, Body, Comment, Document, Stmt, Value
 
 WIDTH = 100
 INDENT = "  "
 
 
+def string_text(s: str) -> str:
+    """A string literal: readable characters as themselves, invisible ones (controls, bidi marks,
+    zero-width spaces) as JSON escapes, so that the file shows what the string holds."""
+    text = json.dumps(s, ensure_ascii=False)
+    if text.isprintable():
+        return text
+    return "".join(json.dumps(ch)[1:-1] if invisible(ch) else ch for ch in text)
+
+
 def value_text(v: Value) -> str:
     if v.kind == "string":
-        return json.dumps(v.value, ensure_ascii=False)
+        return string_text(v.value)
     if v.kind == "list":
         return "[" + ", ".join(value_text(x) for x in v.value) + "]"
     if v.kind == "bool":
@@ -244,23 +253,25 @@ def format_source(source: str, file: str = "<plan>") -> str:
 
 def fmt_file(path: str, check: bool = False) -> int:
     try:
-        doc = parse_file(path)
+        written = read_plan(path)
+        doc = parse(written, path)
     except PlanError as e:
-        src = None
-        try:
-            src = open(path, encoding="utf-8", errors="replace").read()
-        except OSError:
-            pass
         for d in e.diagnostics:
-            print(render(d, src), file=sys.stderr)
+            print(render(d, e.source), file=sys.stderr)
         return 2
     new = _Formatter(doc).run()
-    if new == doc.source:
+    if new == written:  # as written: a byte-order mark or CR line ends are rewritten too
         return 0
     if check:
-        print(f"{path}: not formatted (run `planc fmt {path}`)", file=sys.stderr)
+        print(f"{printable(path)}: not formatted (run `planc fmt {printable(path)}`)", file=sys.stderr)
         return 1
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(new)
-    print(f"formatted {path}")
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(new)
+    except OSError as e:
+        from .paths import reason
+
+        print(f"planc fmt: cannot write {printable(path)}: {reason(e)}", file=sys.stderr)
+        return 2
+    print(f"formatted {printable(path)}")
     return 0

@@ -27,11 +27,7 @@ def check_file(path: str, world: int | None = None, skip_files: bool = False) ->
     try:
         doc = parse_file(path)
     except PlanError as e:
-        try:
-            source = open(path, encoding="utf-8", errors="replace").read()
-        except OSError:
-            source = None
-        return Checked(source, e.diagnostics)
+        return Checked(e.source, e.diagnostics)  # the text the diagnostics point into (None if unreadable)
     plan, diags = resolve(doc)
     if any(d.severity == "error" for d in diags):
         return Checked(doc.source, diags, None)

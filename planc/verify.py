@@ -533,10 +533,15 @@ def verify(args) -> int:
                          f"({changed}; " + (f"{', '.join(lost)} could not be kept)" if lost else
                                            "every kind of model parallelism kept)"))
 
-    work = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix=f"planc-verify-{plan.name}-"))
-    if args.keep and work.exists() and any(work.iterdir()):
-        raise PlanInvalid(f"--keep {args.keep}: the directory is not empty")
-    work.mkdir(parents=True, exist_ok=True)
+    try:
+        work = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix=f"planc-verify-{plan.name}-"))
+        if args.keep and work.exists() and any(work.iterdir()):
+            raise PlanInvalid(f"--keep {args.keep}: the directory is not empty")
+        work.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as e:  # --keep names a file, a place that cannot be written, ...
+        from .paths import reason
+
+        raise PlanInvalid(f"--keep {args.keep}: {reason(e)}" if args.keep else f"no temporary directory: {reason(e)}") from None
     try:
         return _run_all(args, ir, plan, degrees, layouts, notes, work)
     finally:
@@ -697,6 +702,8 @@ def cmd_verify(args) -> int:
 
 def add_parser(sub):
     """`planc verify`'s arguments (planc/cli.py adds the subcommand with them)."""
+    from . import args as A  # numeric options checked as they are read (usage error, exit 2)
+
     c = sub.add_parser("verify", help="prove a plan's numerics on this CPU against one process",
                        description="Shrink the plan's model, run its layout (or the largest sub-layout that "
                        "fits --max-procs) on gloo processes and one plain process on the same global "
@@ -704,13 +711,13 @@ def add_parser(sub):
                        "load each layout's export on one process. Exit 0 within --tolerance, 1 "
                        "otherwise, 2 for an invalid plan.")
     c.add_argument("plan", help="the .veo plan")
-    c.add_argument("--max-procs", type=int, default=4, metavar="N",
+    c.add_argument("--max-procs", type=A.count, default=4, metavar="N",
                    help="most processes a layout may use on this machine (default 4)")
     c.add_argument("--layout", action="append", metavar="DIM=N,...",
                    help="run this layout instead (e.g. dp_shard=1,tp=2); repeat for several, which share "
                         "one reference run")
-    c.add_argument("--steps", type=int, default=5, help="optimizer steps (default 5)")
-    c.add_argument("--tolerance", type=float, default=1e-5,
+    c.add_argument("--steps", type=A.count, default=5, help="optimizer steps (default 5)")
+    c.add_argument("--tolerance", type=A.positive, default=1e-5,
                    help="worst relative difference allowed, per step, in loss and gradient norm (default 1e-5)")
     c.add_argument("--data", choices=("auto", "plan", "demo"), default="auto",
                    help="auto: the plan's own data when it is on this machine, else the demo corpus")
@@ -721,5 +728,5 @@ def add_parser(sub):
                    help="also run FSDP2 alone on each layout's process count, for tokens/s relative to it")
     c.add_argument("--keep", metavar="DIR", help="write everything to DIR (empty or new) and keep it")
     c.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
-    c.add_argument("--timeout", type=float, default=900, help="seconds allowed per run (default 900)")
+    c.add_argument("--timeout", type=A.positive, default=900, help="seconds allowed per run (default 900)")
     return c
