@@ -116,6 +116,12 @@ def compile_plan(plan_path: str, output: str | None = None, world: int | None = 
         print(f"{plan_path}: the plan does not compose; nothing written", file=sys.stderr)
         return 2
     out = output or default_output(checked.plan.name)
+    try:
+        out.encode("utf-8")  # the script names its own path; a name that is not text cannot be written into it
+    except UnicodeError:
+        print(f"planc compile: -o {out.encode('utf-8', 'backslashreplace').decode()}: the name is not UTF-8 text",
+              file=sys.stderr)
+        return 2
     ir = lower(checked, out.replace(os.sep, "/"))
     text = render_script(ir)
     try:
@@ -126,7 +132,7 @@ def compile_plan(plan_path: str, output: str | None = None, world: int | None = 
     except (OSError, ValueError) as e:  # -o names a directory, an unwritable place, a bad name
         from .paths import reason
 
-        print(f"planc compile: cannot write {out}: {reason(e)}", file=sys.stderr)
+        print(f"planc compile: cannot write {out}: {reason(e, out)}", file=sys.stderr)
         return 2
     print(f"wrote {out}" if old != text else f"{out} is up to date")
     return 0

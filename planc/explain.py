@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .estimate import Report, fmt_bytes, fmt_ranks, report
+from .estimate import Report, TooLarge, fmt_bytes, fmt_ranks, report
 from .estimate.memory import PARTS
 
 AXIS_NOTES = {
@@ -157,7 +157,10 @@ def cmd_explain(args) -> int:
     except OSError as e:  # only --svg writes a file
         from .paths import reason
 
-        print(f"planc explain: cannot write {args.svg}: {reason(e)}", file=sys.stderr)
+        print(f"planc explain: cannot write {args.svg}: {reason(e, args.svg)}", file=sys.stderr)
+        return 2
+    except TooLarge as e:
+        print(f"planc explain: {args.plan}: {e}", file=sys.stderr)
         return 2
     if not args.json:
         for d in rep.diagnostics:

@@ -39,8 +39,17 @@ def value_text(v: Value) -> str:
     return text
 
 
+def on_one_line(entries, texts) -> str:
+    """Entries that share a line: two spaces apart, but `; ` after a statement, whose arguments
+    would otherwise swallow the next entry (`fsdp "a"; checkpoint "b"`)."""
+    out = texts[0]
+    for e, text in zip(entries, texts[1:]):
+        out += ("; " if isinstance(e, Stmt) else "  ") + text
+    return out
+
+
 def inline_body(body: Body) -> str:
-    return "{ " + "  ".join(entry_head(e) for e in body.entries) + " }" if body.entries else "{ }"
+    return "{ " + on_one_line(body.entries, [entry_head(e) for e in body.entries]) + " }" if body.entries else "{ }"
 
 
 def stmt_head(e: Stmt) -> tuple[str, list]:
@@ -137,7 +146,7 @@ class _Formatter:
             if it[0] == "group":
                 key_w, name_w = widths.get(k, (0, 0))
                 heads = [entry_head(e, key_w, name_w) if len(it[1]) == 1 else entry_head(e) for e in it[1]]
-                code[k] = pad + "  ".join(heads)
+                code[k] = pad + on_one_line(it[1], heads)
         col = _comment_columns(items, code)
         for k, it in enumerate(items):
             if it[0] == "blank":
@@ -271,7 +280,7 @@ def fmt_file(path: str, check: bool = False) -> int:
     except OSError as e:
         from .paths import reason
 
-        print(f"planc fmt: cannot write {printable(path)}: {reason(e)}", file=sys.stderr)
+        print(f"planc fmt: cannot write {printable(path)}: {reason(e, path)}", file=sys.stderr)
         return 2
     print(f"formatted {printable(path)}")
     return 0

@@ -24,6 +24,7 @@ _HUMAN = {
 }
 
 
+MAX_PLAN_BYTES = 16 * 2**20  # a plan is a page or two; more is not a plan (or is /dev/zero)
 MAX_NESTING = 32  # `{ }` and `[ ]` inside one another; real plans use 3 or 4
 INT_MAX = 2**63 - 1  # the largest whole number (and size in bytes) a plan may write
 
@@ -319,7 +320,7 @@ def read_plan(path: str | Path) -> str:
     from .paths import PathError, read_bytes
 
     try:
-        data = read_bytes(path)
+        data = read_bytes(path, MAX_PLAN_BYTES)
     except PathError as e:
         raise PlanError([Diagnostic("plan-file", f"cannot read the plan {path}: {e}", None)]) from None
     try:

@@ -18,7 +18,19 @@ class PathError(Exception):
     """A path that cannot be probed; str(e) says why (`a name in it is longer than ...`)."""
 
 
-def reason(e: BaseException) -> str:
+def reason(e: BaseException, probed=None) -> str:
+    """Why, in words; with the file it happened to when that is not the path probed (a directory
+    deep inside a folder that was searched)."""
+    text = _why(e)
+    where = getattr(e, "filename", None)
+    if where is not None and (probed is None or os.fspath(where) != os.fspath(probed)):
+        from .diagnostics import elide
+
+        text += f": {elide(os.fsdecode(where))}"
+    return text
+
+
+def _why(e: BaseException) -> str:
     if isinstance(e, UnicodeDecodeError):
         return "it is not UTF-8 text"
     if isinstance(e, UnicodeError):
@@ -41,7 +53,7 @@ def probe(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except (OSError, ValueError) as e:
-        raise PathError(reason(e)) from None
+        raise PathError(reason(e, args[0] if args else None)) from None
 
 
 def _stat(path) -> os.stat_result | None:
@@ -51,7 +63,7 @@ def _stat(path) -> os.stat_result | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except (OSError, ValueError) as e:
-        raise PathError(reason(e)) from None
+        raise PathError(reason(e, path)) from None
 
 
 def check(path) -> None:
@@ -75,13 +87,23 @@ def is_file(path) -> bool:
 
 def has_match(directory, pattern: str) -> bool:
     """Whether a glob pattern matches anything in the directory."""
-    return probe(lambda: any(Path(directory).glob(pattern)))
+    return probe(lambda d: any(Path(d).glob(pattern)), directory)
 
 
-def read_bytes(path) -> bytes:
-    return probe(Path(path).read_bytes)
+def read_bytes(path, limit: int) -> bytes:
+    """At most `limit` bytes of a file (a pipe too); PathError when it holds more (/dev/zero)."""
+    def read(p):
+        with open(p, "rb") as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise PathError(f"it is larger than {limit} bytes")
+        return data
+
+    return probe(read, path)
 
 
 def read_text(path) -> str:
-    """The file as UTF-8 text (PathError when it is not)."""
-    return probe(lambda: Path(path).read_text(encoding="utf-8"))
+    """A regular file as UTF-8 text (PathError when it is not: a device such as /dev/zero never ends)."""
+    if not is_file(path):
+        raise PathError("it is not a regular file")
+    return probe(lambda p: Path(p).read_text(encoding="utf-8"), path)

@@ -169,6 +169,11 @@ _GLOBS = ["model.layers.*", "model.layers.*.self_attn", "model.layers.*.self_att
           "model.{a,b", "model..x", "", " ", ".", "{}", "model.layers.*.self_attn.o_proj", "model.norm"]
 
 
+# the realistic globs, and the same with glob syntax (and not) put after them
+_glob = st.one_of(st.sampled_from(_GLOBS), st.tuples(st.sampled_from(_GLOBS), st.text(
+    alphabet=".*?[]{},!^\\-_ab0", max_size=6)).map("".join))
+
+
 def _string(draw, ws: Path) -> str:
     kind = draw(st.sampled_from(["path", "path", "glob", "text", "long", "escape"]))
     if kind == "path":
@@ -245,7 +250,7 @@ def _rule(draw, ws: Path) -> str:
     if spec is not None and "plan" in spec.options and draw(st.integers(0, 3)) == 0:
         parts.append("plan = " + draw(st.sampled_from(list(spec.options["plan"].choices) + ["x"])))
     else:
-        parts += [json.dumps(draw(st.sampled_from(_GLOBS))) for _ in range(draw(st.integers(0, 3)))]
+        parts += [json.dumps(draw(_glob), ensure_ascii=False) for _ in range(draw(st.integers(0, 3)))]
     if spec is not None and spec.options and draw(st.booleans()):
         opt = draw(st.sampled_from(list(spec.options)))
         parts.append(opt if draw(st.booleans()) else f"{opt} = {_scalar(draw, ws, spec.options[opt])}")
@@ -496,7 +501,7 @@ def _long_run(minutes: float, root: Path) -> int:
     def cli_case(argv):
         counts["cli"] += 1
         try:
-            fuzz_cli(argv)
+            fuzz_cli(argv, scratch)
         except Exception as e:  # noqa: BLE001
             record("cli", e, argv)
 
@@ -546,17 +551,34 @@ def _plan_files(ws: Path, scratch: Path) -> list[str]:
             str(scratch / ("a" * 300)), "", "-", str(scratch / "afile" / "x.veo")]
 
 
+def shape(doc) -> list:
+    """What a parsed plan says (entries, names, values, bodies), without positions or layout."""
+    def body(b):
+        return [entry(x) for x in b.entries] if b is not None else None
+
+    def value(v):
+        return (v.kind, v.plain(), body(v.body))
+
+    def entry(e):
+        if hasattr(e, "key"):
+            return ("=", e.key, value(e.value))
+        return (e.name, [value(a) for a in e.args], [entry(o) for o in e.options], body(e.body))
+
+    return [entry(e) for e in doc.entries]
+
+
 def _fmt_property(data: bytes, parse, format_source) -> None:
-    """A plan that parses formats to text that parses, and formatting it again changes nothing."""
+    """A plan that parses formats to text that parses to the same plan, and formatting it again
+    changes nothing."""
     from planc.diagnostics import PlanError
 
     try:
         text = data.decode("utf-8")
-        parse(text)
+        doc = parse(text)
     except (UnicodeDecodeError, PlanError):
         return
     once = format_source(text)
-    parse(once)
+    assert shape(parse(once)) == shape(doc), "fmt changed what the plan says"
     assert format_source(once) == once, "fmt is not idempotent"
 
 
@@ -569,19 +591,21 @@ def check_structure(plan_file: Path, world, scratch: Path) -> None:
         assert_answers(["compile", str(plan_file), "-o", str(scratch / "compiled.py")] + argv[2:])
 
 
-def fuzz_cli(argv: list[str]) -> None:
+def fuzz_cli(argv: list[str], scratch: Path) -> None:
     """Any command line: a usage error, diagnostics or a result. `verify` is stopped where its
     runs would start (its argument checks are what is fuzzed here)."""
     import planc.verify as V
 
-    real = V._run_all
+    real, cwd = V._run_all, os.getcwd()
     V._run_all = lambda *a, **k: 0
+    os.chdir(scratch)  # `compile` without -o writes generated/NAME.py here, not into the checkout
     try:
         if argv[:1] == ["fmt"] and len(argv) > 1 and not argv[1].startswith("-"):
             argv = _fmt_copy(argv)
         assert_answers(argv)
     finally:
         V._run_all = real
+        os.chdir(cwd)
 
 
 def _fmt_copy(argv: list[str]) -> list[str]:

@@ -119,7 +119,7 @@ def test_command_lines_get_an_answer(tmp_path_factory, data):
     scratch.mkdir(exist_ok=True)
     (scratch / "afile").write_text("x")
     argv = data.draw(F.command_line(F._plan_files(ws, scratch), scratch))
-    F.fuzz_cli(argv)
+    F.fuzz_cli(argv, scratch)
 
 
 @pytest.mark.parametrize("content", [b"", b"\xff\xfe garbage", b'plan "x"\nmesh { dp_shard = auto }\n', b"{{{{", b"plan"])

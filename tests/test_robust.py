@@ -384,3 +384,70 @@ def test_one_mistake_one_diagnostic(ws, edit, rule):
     assert [d.rule for d in errors] == [rule], [(d.rule, d.message) for d in checked.diagnostics]
     warnings = [d for d in checked.diagnostics if d.severity == "warning"]
     assert not warnings, [(d.rule, d.message) for d in warnings]
+
+
+# -- found by the fuzzer (tests/fuzzkit.py) -----------------------------------------------------------
+
+@pytest.mark.parametrize("mesh,world,rule", [("dp_shard = 2  tp = auto", 15, "mesh-product"),
+                                             ("dp_shard = auto  tp = 4", 6, "mesh-product"),
+                                             (f"dp_shard = {2**40}  ep = 3", None, "ep-divides"),
+                                             ("dp_shard = 2", 2**31 - 1, "mesh-product")])
+def test_mesh_messages_for_odd_degrees(ws, mesh, world, rule):
+    """An `auto` degree that cannot be derived, and degrees or worlds too large to list divisors of
+    one by one, get their mesh diagnostic (not a KeyError, not a loop to 2**40)."""
+    text = base_plan(ws).replace("dp_shard = 2", mesh)
+    _, path = _check_text(ws, text)
+    rc, _, err = _cli(["check", str(path)] + (["--world", str(world)] if world else []))
+    assert rc == 2 and f"error[{rule}]" in err, err
+
+
+@pytest.mark.parametrize("src", ['p; lan "base"\n', 'parallelize { fsdp "a"; checkpoint "b" }\n',
+                                 'parallelize {\n  fsdp "a"; x = 1\n  tp colwise "q"; tp rowwise "o"  # c\n}\n'])
+def test_fmt_keeps_statements_that_share_a_line_apart(src):
+    once = format_source(src)
+    assert F.shape(parse(once)) == F.shape(parse(src)) and format_source(once) == once
+
+
+def test_compile_refuses_an_output_name_that_is_not_text(ws, tmp_path):
+    (ws / "p.veo").write_text(base_plan(ws))
+    rc, _, err = _cli(["compile", str(ws / "p.veo"), "-o", str(tmp_path / "\udcff.py"), "--skip-files"])
+    assert rc == 2 and "not UTF-8" in err
+
+
+def test_verify_keep_that_cannot_be_a_directory(ws, monkeypatch):
+    import planc.verify as V
+
+    monkeypatch.setattr(V, "_run_all", lambda *a, **k: pytest.fail("verify ran"))
+    (ws / "p.veo").write_text(base_plan(ws))
+    for keep in (ws / "afile" / "x", ws / ("k" * 300)):
+        rc, _, err = _cli(["verify", str(ws / "p.veo"), "--keep", str(keep), "--data", "demo"])
+        assert rc == 2 and "--keep" in err
+
+
+def test_a_world_too_large_to_estimate_still_composes(ws):
+    from planc.estimate import WORLD_MAX
+
+    text = base_plan(ws).replace("dp_shard = 2", f"dp_shard = {WORLD_MAX * 2}").replace(
+        "global_batch = 8", f"global_batch = {WORLD_MAX * 8}")
+    _, path = _check_text(ws, text)
+    rc, out, _ = _cli(["check", str(path), "--skip-files"])
+    assert rc == 0 and "estimate unavailable" in out
+    rc, _, err = _cli(["check", str(path), "--skip-files", "--device-memory", "80GiB"])
+    assert rc == 2 and "error[memory-budget]: not checked" in err
+    rc, _, err = _cli(["explain", str(path)])
+    assert rc == 2 and "lays out one by one" in err
+
+
+def test_files_that_never_end_are_not_read(ws, tmp_path):
+    """A plan, a data file or a tokenizer file that is a device (/dev/zero) is refused, not read."""
+    rc, _, err = _cli(["check", "/dev/zero"])
+    assert rc == 2 and "error[plan-file]" in err and "larger than" in err
+    text = base_plan(ws).replace(f'"{ws}/data.jsonl"', '"/dev/zero"')
+    checked, _ = _check_text(ws, text)
+    assert [(d.rule, "not a regular file" in d.message) for d in _errors(checked)] == [("data-source", True)]
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer_config.json").write_text("{}")
+    os.symlink("/dev/zero", tok / "tokenizer.json")
+    checked, _ = _check_text(ws, base_plan(ws).replace(f'"{ws}/tok"', json.dumps(str(tok))))
+    assert [(d.rule, "not a regular file" in d.message) for d in _errors(checked)] == [("tokenizer", True)]

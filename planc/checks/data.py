@@ -104,14 +104,18 @@ def _check_source(ctx, src) -> None:
         if missing:
             ctx.error("data-source", f"source {src.name!r}: {path} does not exist", span, where)
         else:
-            ctx.error("data-format", f"source {src.name!r}: {paths.reason(e) if isinstance(e, OSError) else e}",
+            ctx.error("data-format", f"source {src.name!r}: {paths.reason(e, path) if isinstance(e, OSError) else e}",
                       fmt_span, "add `format = jsonl` (or json, parquet, arrow, csv, text, hf_disk)")
         return
     try:
         files = data_files(path, fmt)
-    except (OSError, ValueError) as e:
-        msg = e if isinstance(e, FileNotFoundError) or not isinstance(e, OSError) else paths.reason(e)
+        odd = next((f for f in files if not paths.is_file(f)), None)
+    except (OSError, ValueError, paths.PathError) as e:
+        msg = paths.reason(e, path) if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) else e
         ctx.error("data-source", f"source {src.name!r}: {msg}", span, where)
+        return
+    if odd is not None:  # a device (/dev/zero) or a pipe: no records end, nothing can be peeked
+        ctx.error("data-source", f"source {src.name!r}: {elide(odd)} is not a regular file", span, where)
         return
     try:
         head = list(itertools.islice(read_records(runtime_source(src)), PEEK))
@@ -170,6 +174,10 @@ def _check_tokenizer(ctx) -> None:
                                                                          "vocab.json")):
             ctx.error("tokenizer", f"{path} is not a local HF tokenizer directory", span, fix)
             return
+        odd = next((d / f for f in _TOKENIZER_FILES if paths.exists(d / f) and not paths.is_file(d / f)), None)
+        if odd is not None:  # a directory, a device or a pipe where the loader expects a file
+            ctx.error("tokenizer", f"{elide(str(odd))} is not a regular file", span, fix)
+            return
         vocab, template = _tokenizer_facts(d)
     except paths.PathError as e:
         ctx.error("tokenizer", f"cannot use {elide(path)} as a tokenizer directory: {e}", span, fix)
@@ -183,6 +191,10 @@ def _check_tokenizer(ctx) -> None:
         src = next(s for s in p.sources if s["kind"] == "sft")
         ctx.error("chat-template", f"source {src.name!r} is sft, but the tokenizer at {path} has no chat template",
                   src.settings["kind"].span or src.span, "add `chat_template = chatml` to data (a built-in template)")
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                    "added_tokens.json", "chat_template.jinja", "chat_template.json", "tokenizer.model")
 
 
 def _tokenizer_facts(d: Path) -> tuple[int | None, bool]:
