@@ -12,17 +12,9 @@ import argparse
 import json
 import sys
 
-from .diagnostics import render
-
-
-def size_arg(text: str) -> int:
-    """--device-memory: a size as plans write it (80GiB), in bytes."""
-    from .parse import size_bytes
-
-    try:
-        return size_bytes(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+from . import args as A
+from .diagnostics import printable, render, shorten
+from .paths import reason
 
 
 def print_diagnostics(diagnostics, source, stream=None) -> None:
@@ -55,28 +47,37 @@ def cmd_check(args) -> int:
     print_diagnostics(checked.diagnostics, checked.source)
     if not checked.ok:
         n = sum(d.severity == "error" for d in checked.diagnostics)
-        print(f"{args.plan}: {n} error{'s' * (n != 1)}; the plan does not compose", file=sys.stderr)
+        print(f"{printable(args.plan)}: {n} error{'s' * (n != 1)}; the plan does not compose", file=sys.stderr)
         return 2
     print("\n".join(summary_lines(checked, rep)))
     return 0
 
 
 def cmd_explain(args) -> int:
+    from .estimate import TooLarge
     from .explain import explain
     from .frontend import check_file
 
     checked = check_file(args.plan, args.world, skip_files=True)
     if not checked.ok:
         print_diagnostics(checked.diagnostics, checked.source)
-        print(f"{args.plan}: the plan does not compose; `planc check` says why", file=sys.stderr)
+        print(f"{printable(args.plan)}: the plan does not compose; `planc check` says why", file=sys.stderr)
         return 2
-    out, rep = explain(checked, gpus_per_node=args.gpus_per_node, device_memory=args.device_memory,
-                       as_json=args.json, dry_run=args.dry_run)
+    try:
+        out, rep = explain(checked, gpus_per_node=args.gpus_per_node, device_memory=args.device_memory,
+                           as_json=args.json, dry_run=args.dry_run)
+    except TooLarge as e:
+        print(f"planc explain: {printable(args.plan)}: {e}", file=sys.stderr)
+        return 2
     if args.svg:
         from .draw import svg
 
-        with open(args.svg, "w", encoding="utf-8") as f:
-            f.write(svg(checked, rep))
+        try:
+            with open(args.svg, "w", encoding="utf-8") as f:
+                f.write(svg(checked, rep))
+        except (OSError, ValueError) as e:
+            print(f"planc explain: cannot write {printable(args.svg)}: {reason(e, args.svg)}", file=sys.stderr)
+            return 2
     if not args.json:
         print_diagnostics(rep.diagnostics, checked.source)
     print(out)
@@ -93,33 +94,46 @@ def cmd_compile(args) -> int:
                          gpus_per_node=args.gpus_per_node)
     print_diagnostics(checked.diagnostics, checked.source)
     if not checked.ok:
-        print(f"{args.plan}: the plan does not compose; nothing written", file=sys.stderr)
+        print(f"{printable(args.plan)}: the plan does not compose; nothing written", file=sys.stderr)
         return 2
-    out, changed = write_script(checked, args.output)
-    print(f"wrote {out}" if changed else f"{out} is up to date")
+    if args.output is not None:
+        try:
+            args.output.encode("utf-8")  # the script names its own path: a name that is not text cannot be
+        except UnicodeError:            # written into it
+            print(f"planc compile: -o {printable(args.output)}: the name is not UTF-8 text", file=sys.stderr)
+            return 2
+    try:
+        out, changed = write_script(checked, args.output)
+    except (OSError, ValueError) as e:  # -o names a directory, an unwritable place, a bad name
+        print(f"planc compile: cannot write {printable(args.output)}: {reason(e, args.output)}", file=sys.stderr)
+        return 2
+    print(f"wrote {printable(out)}" if changed else f"{printable(out)} is up to date")
     return 0
 
 
 def cmd_fmt(args) -> int:
     from .diagnostics import PlanError
     from .fmt import format_file
-    from .parse import source_for_diagnostics
 
     try:
         old, new = format_file(args.plan)
     except PlanError as e:
-        source = source_for_diagnostics(args.plan)
         for d in e.diagnostics:
-            print(render(d, source), file=sys.stderr)
+            print(render(d, e.source), file=sys.stderr)
         return 2
-    if new == old:
+    if new == old:  # as written: a byte-order mark or CR line ends are rewritten too
         return 0
+    shown = printable(args.plan)
     if args.check:
-        print(f"{args.plan}: not formatted (run `planc fmt {args.plan}`)", file=sys.stderr)
+        print(f"{shown}: not formatted (run `planc fmt {shown}`)", file=sys.stderr)
         return 1
-    with open(args.plan, "w", encoding="utf-8") as f:
-        f.write(new)
-    print(f"formatted {args.plan}")
+    try:
+        with open(args.plan, "w", encoding="utf-8") as f:
+            f.write(new)
+    except OSError as e:
+        print(f"planc fmt: cannot write {shown}: {reason(e, args.plan)}", file=sys.stderr)
+        return 2
+    print(f"formatted {shown}")
     return 0
 
 
@@ -159,20 +173,20 @@ def _add_verify(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="\n\n".join(textwrap.fill(p, 100) for p in about))
     c.add_argument("plan", help="the .veo plan")
-    c.add_argument("--max-procs", type=int, default=d.max_procs, metavar="N",
+    c.add_argument("--max-procs", type=A.count, default=d.max_procs, metavar="N",
                    help="most processes a layout may use on this machine (default %(default)s)")
     c.add_argument("--layout", action="append", metavar="DIM=N,...",
                    help="run this layout instead (e.g. dp_shard=1,tp=2); repeat for several, which share "
                         "the reference runs")
-    c.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default %(default)s)")
+    c.add_argument("--steps", type=A.count, default=d.steps, help="optimizer steps (default %(default)s)")
     c.add_argument("--dtype", choices=tuple(DTYPE_MODES), default=d.dtype,
                    help="both (default): fp64 runs decide, the plan's dtype (fp32 on CPU) is reported beside "
                         "them; fp64: the fp64 runs only; plan: the plan's dtype only, judged against "
                         "--plan-tolerance")
-    c.add_argument("--tolerance", type=float, default=d.tolerance,
+    c.add_argument("--tolerance", type=A.positive, default=d.tolerance,
                    help="worst relative difference allowed in fp64, per step, in loss and gradient norm "
                         "(default %(default)g)")
-    c.add_argument("--plan-tolerance", type=float, default=d.plan_tolerance,
+    c.add_argument("--plan-tolerance", type=A.positive, default=d.plan_tolerance,
                    help="the same for the plan's dtype (default %(default)g)")
     c.add_argument("--data", choices=("auto", "plan", "demo"), default=d.data,
                    help="auto: the plan's own data when it is on this machine, else the demo corpus")
@@ -183,7 +197,7 @@ def _add_verify(sub) -> None:
                    help="also run FSDP2 alone on each layout's process count, for tokens/s relative to it")
     c.add_argument("--keep", metavar="DIR", help="write everything to DIR (empty or new) and keep it")
     c.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
-    c.add_argument("--timeout", type=float, default=d.timeout, help="seconds allowed per run (default %(default)g)")
+    c.add_argument("--timeout", type=A.positive, default=d.timeout, help="seconds allowed per run (default %(default)g)")
     c.set_defaults(func=cmd_verify)
 
 
@@ -204,24 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="prove that a plan composes", description="Check a plan against its "
                        "rules and its real model (built on the meta device); print a summary or diagnostics.")
     c.add_argument("plan", help="the .veo plan")
-    c.add_argument("--world", type=int, help="the world size to check against (else the plan's own)")
+    c.add_argument("--world", type=A.count, help="the world size to check against (else the plan's own)")
     c.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     c.add_argument("--skip-files", action="store_true", help="do not read data and tokenizer files (a plan "
                    "checked away from the storage that holds them)")
     c.add_argument("--dry-run", action="store_true", help="build the plan on a fake process group of --world "
                    "ranks with the runtime's own functions and report every rank's shards")
-    c.add_argument("--device-memory", metavar="SIZE", type=size_arg, help="per-device memory budget, e.g. 80GiB: "
+    c.add_argument("--device-memory", type=A.size, metavar="SIZE", help="per-device memory budget, e.g. 80GiB: "
                    "error when a rank's estimate exceeds it")
-    c.add_argument("--gpus-per-node", type=int, metavar="G", help="node size for placement warnings (else the "
+    c.add_argument("--gpus-per-node", type=A.count, metavar="G", help="node size for placement warnings (else the "
                    "plan's mesh.gpus_per_node)")
     c.set_defaults(func=cmd_check)
 
     c = sub.add_parser("explain", help="show the mesh, per-rank memory and traffic", description="Lay the "
                        "plan's mesh out as rank groups and nodes, with per-rank memory and per-axis traffic.")
     c.add_argument("plan", help="the .veo plan")
-    c.add_argument("--world", type=int, help="the world size (else the plan's own)")
-    c.add_argument("--gpus-per-node", type=int, metavar="G", help="node size (else the plan's mesh.gpus_per_node)")
-    c.add_argument("--device-memory", metavar="SIZE", type=size_arg, help="per-device memory budget, e.g. 80GiB")
+    c.add_argument("--world", type=A.count, help="the world size (else the plan's own)")
+    c.add_argument("--gpus-per-node", type=A.count, metavar="G", help="node size (else the plan's mesh.gpus_per_node)")
+    c.add_argument("--device-memory", type=A.size, metavar="SIZE", help="per-device memory budget, e.g. 80GiB")
     c.add_argument("--dry-run", action="store_true", help="also build it on a fake process group (as check)")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.add_argument("--svg", metavar="FILE", help="also draw the mesh and the memory breakdown to FILE")
@@ -232,12 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default generated/<plan name>.py).")
     c.add_argument("plan", help="the .veo plan")
     c.add_argument("-o", "--output", help="where to write the script")
-    c.add_argument("--world", type=int, help="the world size to check against")
+    c.add_argument("--world", type=A.count, help="the world size to check against")
     c.add_argument("--skip-files", action="store_true", help="do not read data and tokenizer files (a plan "
                    "compiled away from the storage that holds them)")
-    c.add_argument("--device-memory", metavar="SIZE", type=size_arg, help="per-device memory budget, e.g. 80GiB: "
+    c.add_argument("--device-memory", metavar="SIZE", type=A.size, help="per-device memory budget, e.g. 80GiB: "
                    "refuse to compile when a rank's estimate exceeds it")
-    c.add_argument("--gpus-per-node", type=int, metavar="G", help="node size for placement warnings (else the "
+    c.add_argument("--gpus-per-node", type=A.count, metavar="G", help="node size for placement warnings (else the "
                    "plan's mesh.gpus_per_node)")
     c.set_defaults(func=cmd_compile)
 
@@ -258,13 +272,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # any text prints: a character the terminal cannot encode
+        if hasattr(stream, "reconfigure"):   # (a lone surrogate from a file name) comes out escaped
+            stream.reconfigure(errors="backslashreplace")
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a usage error (2, after argparse printed it) or --help (0)
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     try:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # a bug in planc, not in the plan: one line, never a traceback
-        print(f"planc: internal error: {type(e).__name__}: {e} (please report this with the plan)", file=sys.stderr)
+        print(printable(f"planc: internal error: {type(e).__name__}: {shorten(str(e))} (please report this with the "
+                        "plan)"), file=sys.stderr)
         return 3
 
 

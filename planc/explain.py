@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .estimate import Report, fmt_bytes, fmt_ranks, report
+from .estimate import Report, TooLarge, fmt_bytes, fmt_ranks, report
 from .estimate.memory import PARTS
 from .layout import AXES
 

@@ -8,16 +8,26 @@ from __future__ import annotations
 
 import json
 
-from .parse import parse, parse_file
+from .diagnostics import PlanError, invisible, printable, render
+from .parse import parse, read_plan
 from .syntax import Assign, Body, Comment, Document, Stmt, Value
 
 WIDTH = 100
 INDENT = "  "
 
 
+def string_text(s: str) -> str:
+    """A string literal: readable characters as themselves, invisible ones (controls, bidi marks,
+    zero-width spaces) as JSON escapes, so that the file shows what the string holds."""
+    text = json.dumps(s, ensure_ascii=False)
+    if text.isprintable():
+        return text
+    return "".join(json.dumps(ch)[1:-1] if invisible(ch) else ch for ch in text)
+
+
 def value_text(v: Value) -> str:
     if v.kind == "string":
-        return json.dumps(v.value, ensure_ascii=False)
+        return string_text(v.value)
     if v.kind == "list":
         return "[" + ", ".join(value_text(x) for x in v.value) + "]"
     if v.kind == "bool":
@@ -28,8 +38,17 @@ def value_text(v: Value) -> str:
     return text
 
 
+def on_one_line(entries, texts) -> str:
+    """Entries that share a line: two spaces apart, but `; ` after a statement, whose arguments
+    would otherwise swallow the next entry (`fsdp "a"; checkpoint "b"`)."""
+    out = texts[0]
+    for e, text in zip(entries, texts[1:]):
+        out += ("; " if isinstance(e, Stmt) else "  ") + text
+    return out
+
+
 def inline_body(body: Body) -> str:
-    return "{ " + "  ".join(entry_head(e) for e in body.entries) + " }" if body.entries else "{ }"
+    return "{ " + on_one_line(body.entries, [entry_head(e) for e in body.entries]) + " }" if body.entries else "{ }"
 
 
 def stmt_head(e: Stmt) -> tuple[str, list]:
@@ -126,7 +145,7 @@ class _Formatter:
             if it[0] == "group":
                 key_w, name_w = widths.get(k, (0, 0))
                 heads = [entry_head(e, key_w, name_w) if len(it[1]) == 1 else entry_head(e) for e in it[1]]
-                code[k] = pad + "  ".join(heads)
+                code[k] = pad + on_one_line(it[1], heads)
         col = _comment_columns(items, code)
         for k, it in enumerate(items):
             if it[0] == "blank":
@@ -241,6 +260,7 @@ def format_source(source: str, file: str = "<plan>") -> str:
 
 
 def format_file(path: str) -> tuple[str, str]:
-    """(the plan's text, the same plan in canonical layout); PlanError when it does not parse."""
-    doc = parse_file(path)
-    return doc.source, _Formatter(doc).run()
+    """(the plan's text as written, the same plan in canonical layout); PlanError when it does not
+    parse. A byte-order mark or CR line ends count as a difference: they are rewritten too."""
+    written = read_plan(path)
+    return written, _Formatter(parse(written, path)).run()

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from .checks import Context, run_checks
 from .diagnostics import Diagnostic, PlanError
 from .elaborate import elaborate
-from .estimate import report
-from .parse import parse_file, source_for_diagnostics
+from .estimate import TooLarge, report
+from .parse import parse_file
 from .resolve import Plan, resolve
 
 
@@ -31,7 +31,7 @@ def check_file(path: str, world: int | None = None, skip_files: bool = False) ->
     try:
         doc = parse_file(path)
     except PlanError as e:
-        return Checked(source_for_diagnostics(path), e.diagnostics)
+        return Checked(e.source, e.diagnostics)  # the text the diagnostics point into (None if unreadable)
     plan, diags = resolve(doc)
     if any(d.severity == "error" for d in diags):
         return Checked(doc.source, diags, None)
@@ -56,6 +56,13 @@ def check_plan(path: str, world: int | None = None, *, skip_files: bool = False,
     asked = dry_run or device_memory is not None
     try:
         rep = report(checked, dry_run=dry_run, device_memory=device_memory, gpus_per_node=gpus_per_node)
+    except TooLarge as e:
+        checked.ctx.notes.append(f"per-rank estimate unavailable: {e}")
+        if asked:  # what was asked for (a budget, a dry run) cannot be answered: say so where the mesh is
+            checked.diagnostics.append(Diagnostic(
+                "memory-budget" if device_memory is not None else "dry-run", f"not checked: {e}",
+                checked.plan.blocks.get("mesh", checked.plan.name_span), "check a smaller world"))
+        return checked
     except Exception as e:
         if asked:
             raise

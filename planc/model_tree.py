@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from . import paths
+from .diagnostics import elide
+from .paths import PathError
+
 
 class ModelLoadError(Exception):
     def __init__(self, message: str, help: str | None = None):
@@ -47,22 +51,27 @@ def _first_line(e: Exception) -> str:
 
 
 def config_dir(path: str | Path) -> Path:
+    """The directory of a config file, or the directory itself (PathError when it cannot be probed)."""
     p = Path(path)
-    return p.parent if p.is_file() else p
+    return p.parent if paths.is_file(p) else p
 
 
 def find_config(path: str | Path) -> Path:
     """The config.json a plan's `model.config` names, or ModelLoadError."""
     p = Path(path)
-    if not p.exists():
-        hint = None
-        if "/" in str(path) and not str(path).startswith((".", "/")):
-            hint = ("model hubs are not reachable: download the model elsewhere and point `config` at the "
-                    "local directory (config.json is enough for checks)")
-        raise ModelLoadError(f"{path} does not exist", hint or "give a local HF config.json or a directory holding one")
-    cfg = p / "config.json" if p.is_dir() else p
-    if not cfg.is_file():
-        raise ModelLoadError(f"{p} holds no config.json", "point `config` at an HF model directory or config file")
+    try:
+        if not paths.exists(p):
+            hint = None
+            if "/" in str(path) and not str(path).startswith((".", "/")):
+                hint = ("model hubs are not reachable: download the model elsewhere and point `config` at the "
+                        "local directory (config.json is enough for checks)")
+            raise ModelLoadError(f"{path} does not exist", hint or "give a local HF config.json or a directory holding one")
+        cfg = p / "config.json" if paths.is_dir(p) else p
+        if not paths.is_file(cfg):
+            raise ModelLoadError(f"{p} holds no config.json", "point `config` at an HF model directory or config file")
+    except PathError as e:
+        raise ModelLoadError(f"cannot use {elide(str(path))} as a model config: {e}",
+                             "give a local HF config.json or a directory holding one") from None
     return cfg
 
 
@@ -77,9 +86,12 @@ def load_config(path: str | Path):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg_file = find_config(path)
     try:
-        json.loads(cfg_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{cfg_file} is not valid JSON: {e}", "fix the config file") from None
+        json.loads(paths.read_text(cfg_file))
+    except PathError as e:
+        raise ModelLoadError(f"cannot read {cfg_file}: {e}", "fix the config file") from None
+    except (ValueError, RecursionError) as e:  # json.JSONDecodeError, or nesting too deep to read
+        why = e if isinstance(e, ValueError) else "nested too deeply"
+        raise ModelLoadError(f"{cfg_file} is not valid JSON: {why}", "fix the config file") from None
     from transformers import AutoConfig
 
     try:
@@ -116,8 +128,10 @@ def _tree_cached(path: str, attention: str) -> ModelTree:
         shape[pname] = tuple(p.shape)
         by_id.setdefault(id(p), []).append(pname)
     tied = [tuple(v) for v in by_id.values() if len(v) > 1]
-    d = config_dir(path)
-    has_weights = any(d.glob("*.safetensors"))
+    try:
+        has_weights = paths.has_match(config_dir(path), "*.safetensors")
+    except PathError:
+        has_weights = False
     return ModelTree(config, Path(path), modules, types, direct, numel, shape, tied, has_weights, model)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import schema as S
-from .diagnostics import Diagnostic, Span, suggest
+from .diagnostics import Diagnostic, Span, did_you_mean, elide, suggest
 from .syntax import Assign, Body, Document, Stmt, Value
 
 _REQUIRED = [b.name for b in S.BLOCKS.values() if b.required]
@@ -128,6 +128,17 @@ class _Resolver:
         self.doc = doc
         self.plan = Plan(doc)
         self.diags: list[Diagnostic] = []
+        # (scope, name) of required names a reported typo most likely meant (`stpes = 10`, `modle { }`):
+        # one mistake, one diagnostic, so they are not also reported missing
+        self.meant: set[tuple[int, str]] = set()
+
+    def typo(self, scope: dict, name: str, choices) -> None:
+        near = name if name in choices else did_you_mean(name, choices)
+        if near:
+            self.meant.add((id(scope), near))
+
+    def missing(self, scope: dict, name: str) -> bool:
+        return name not in scope and (id(scope), name) not in self.meant
 
     def err(self, rule, message, span, help=None, severity="error"):
         self.diags.append(Diagnostic(rule, message, span, help, severity))
@@ -153,12 +164,13 @@ class _Resolver:
             else:
                 self.err("unknown-block", f"unknown block `{entry.name}`", entry.name_span,
                          suggest(entry.name, S.TOP_LEVEL, "blocks"))
+                self.typo(seen, entry.name, S.TOP_LEVEL)
         first = Span(self.doc.file, 1, 1)
-        if "plan" not in seen:
+        if self.missing(seen, "plan"):
             self.err("missing-block", "the plan has no name", first, 'start the file with `plan "NAME"`')
         for spec in S.BLOCKS.values():
             if spec.name not in seen:
-                if spec.required:
+                if spec.required and self.missing(seen, spec.name):
                     self.err("missing-block", f"the plan has no `{spec.name}` block", self.plan.name_span or first,
                              f"add `{spec.name} {{ ... }}` ({spec.doc})")
                 self.defaults(spec)
@@ -171,7 +183,7 @@ class _Resolver:
         name = st.args[0].value
         self.plan.name_span = st.args[0].span
         if not _PLAN_NAME.fullmatch(name):
-            self.err("plan-name", f"plan name {name!r} cannot be a file name", st.args[0].span,
+            self.err("plan-name", f"plan name {elide(repr(name))} cannot be a file name", st.args[0].span,
                      "use letters, digits, `_`, `-` and `.` (it becomes generated/NAME.py)")
             return
         if _shadows_a_module(name):
@@ -217,10 +229,10 @@ class _Resolver:
             if isinstance(entry, Assign):
                 self.assign(spec, entry, written)
             else:
-                self.statement(spec, entry, once)
+                self.statement(spec, entry, once, written)
         for key in spec.keys.values():
-            name = key.setting or f"{spec.name}.{key.name}"
-            if key.required and name not in self.plan.settings:
+            # a key written with a refused value was reported where it is written: not missing too
+            if key.required and self.missing(written, key.name):
                 self.err("missing-key", f"`{spec.name}` needs `{key.name}` ({key.doc})", st.name_span,
                          f"add `{key.name} = ...` to the `{spec.name}` block")
         self.defaults(spec)
@@ -236,6 +248,7 @@ class _Resolver:
             else:
                 self.err("unknown-key", f"unknown key `{a.key}` in {where}", a.key_span,
                          suggest(a.key, keys, "keys"))
+                self.typo(written, a.key, keys)
             return
         if a.key in written:
             self.err("duplicate-key", f"`{a.key}` is set twice in {where} (first at line {written[a.key].line})",
@@ -267,16 +280,20 @@ class _Resolver:
             if isinstance(entry, Stmt):
                 self.err("unknown-key", f"`{entry.name}` must be written `{entry.name} = value`", entry.name_span,
                          suggest(entry.name, opts, f"options of {chosen}"))
+                self.typo(written, entry.name, opts)
                 continue
             self.assign(spec, entry, written, keys=opts, where=f"`{chosen}`")
         for opt in opts.values():
-            if opt.required and opt.name not in written:
+            if opt.required and self.missing(written, opt.name):
                 self.err("missing-key", f"`{chosen}` needs `{opt.name}` ({opt.doc})", v.span,
                          f"add `{opt.name} = ...` inside the braces")
 
-    def statement(self, spec: S.BlockSpec, st: Stmt, once: dict[str, Span]):
+    def statement(self, spec: S.BlockSpec, st: Stmt, once: dict[str, Span], written: dict[str, Span]):
         if st.name not in spec.stmts:
+            self.typo(written, st.name, spec.keys)
             if st.name in spec.keys:
+                for o in st.options:  # `steps 10  global_batch = 8`: the keys after it became its options
+                    self.typo(written, o.key, spec.keys)
                 self.err("unknown-statement", f"`{st.name}` is a key: it needs `=`", st.name_span,
                          f"write `{st.name} = ...`")
             else:
@@ -317,10 +334,10 @@ class _Resolver:
             return
         name = st.args[0].value
         if any(s.name == name for s in self.plan.sources):
-            self.err("duplicate-key", f"two sources are named {name!r}", st.args[0].span, "give each a name of its own")
+            self.err("duplicate-key", f"two sources are named {elide(repr(name))}", st.args[0].span, "give each a name of its own")
             return
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in spec.keys:
-            self.err("source-name", f"source name {name!r} cannot name a setting (data.{name}.path)",
+            self.err("source-name", f"source name {elide(repr(name))} cannot name a setting (data.NAME.path)",
                      st.args[0].span, "use letters, digits and `_`, and not a key of `data`")
             return
         src = Source(name, st.span, {})
@@ -333,11 +350,12 @@ class _Resolver:
             if isinstance(entry, Stmt):
                 self.err("unknown-key", f"`{entry.name}` must be written `{entry.name} = value`", entry.name_span,
                          suggest(entry.name, sspec.body, "keys of a source"))
+                self.typo(written, entry.name, sspec.body)
                 continue
             self.assign(spec, entry, written, prefix=f"data.{name}", keys=sspec.body, where=f"source {name!r}")
         for key in sspec.body.values():
             full = f"data.{name}.{key.name}"
-            if key.required and key.name not in written:
+            if key.required and self.missing(written, key.name):
                 self.err("missing-key", f"source {name!r} needs `{key.name}` ({key.doc})", st.name_span,
                          f"add `{key.name} = ...`")
             setting = self.plan.settings.get(full) or Setting(None if key.required else key.default)
@@ -437,7 +455,7 @@ class _Resolver:
             if word is None:
                 return self.type_error(key, v, "one of " + ", ".join(key.choices))
             if word not in key.choices:
-                self.err("unknown-value", f"`{word}` is not a valid `{key.name}`", v.span,
+                self.err("unknown-value", f"`{elide(word)}` is not a valid `{key.name}`", v.span,
                          suggest(word, key.choices, "choices"))
                 return _BAD
             return word

@@ -165,7 +165,8 @@ TRAIN = BlockSpec("train", "the optimisation", _keys(
         options=MappingProxyType({"constant": _keys(_SCHEDULE["warmup"]), "linear": _SCHEDULE,
                                   "cosine": _SCHEDULE})),
     Key("clip", "float", 1.0, "max gradient norm (0 = off)", min=0),
-    Key("seed", "int", 0, "model init and data order (torch and numpy take 0 .. 2**64 - 1)", min=0, max=2**64 - 1),
+    Key("seed", "int", 0, "model init and data order (torch takes 0 .. 2**64 - 1; a plan's whole numbers stop at "
+        "2**63 - 1)", min=0, max=2**63 - 1),
     Key("log_every", "int", 1, "log every N steps", min=1),
     Key("output", "path", None, "where metrics.jsonl goes (default: checkpoint.dir)"),
     Key("moe_aux_loss", "float", None, "MoE load-balancing loss weight (default: the config's router_aux_loss_coef)",

@@ -1,6 +1,13 @@
 """The short summary `planc check` prints for a plan that composes."""
 from __future__ import annotations
 
+from .diagnostics import elide, printable, shorten
+
+
+def shown(text) -> str:
+    """Plan text in the summary: long strings elided, invisible characters escaped."""
+    return printable(elide(str(text)))
+
 
 def _fmt_count(n: float) -> str:
     for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -39,12 +46,17 @@ def batch_line(plan, dp: int) -> str | None:
 
 
 def summary_lines(checked, rep=None) -> list[str]:
-    """`rep`: the planc.estimate Report (exact per-rank shards, memory and traffic estimates)."""
+    """`rep`: the planc.estimate Report (exact per-rank shards, memory and traffic estimates).
+    Any long run of text (a plan string, a source name in the data estimate) is elided."""
+    return [printable(shorten(line)) for line in _lines(checked, rep)]
+
+
+def _lines(checked, rep=None) -> list[str]:
     plan, ctx = checked.plan, checked.ctx
-    lines = [f'plan "{plan.name}" ({plan.file}) composes']
+    lines = [f'plan "{plan.name}" ({shown(plan.file)}) composes']
     if ctx.tree is not None:
         lines.append(f"  model       {ctx.tree.model_type}, {_fmt_count(ctx.tree.n_params)} parameters "
-                     f"({plan['model.config']}, {plan['model.dtype']})")
+                     f"({shown(plan['model.config'])}, {plan['model.dtype']})")
     if ctx.degrees is not None:
         d = ctx.degrees
         dims = [f"{k} {v}" for k, v in d.items() if v != 1] or ["1 process"]
@@ -65,13 +77,13 @@ def summary_lines(checked, rep=None) -> list[str]:
             if note.startswith("per-rank estimate unavailable"):
                 lines.append(f"  per rank    {note[len('per-rank '):]}")
     if plan.sources:
-        srcs = ", ".join(f"{s.name} ({s['kind']}, weight {s['weight']:g})" for s in plan.sources)
+        srcs = ", ".join(f"{shown(s.name)} ({s['kind']}, weight {s['weight']:g})" for s in plan.sources)
         lines.append(f"  data        {srcs}; pack = {plan['data.pack']}")
         if ctx.data_estimate:
             lines += ["              " + line for line in ctx.data_estimate.splitlines()]
     if "checkpoint" in plan.blocks:
         every = plan["checkpoint.every"] or plan["train.steps"]
-        lines.append(f"  checkpoint  {plan['checkpoint.dir']} every {every} steps, keep {plan['checkpoint.keep']}, "
+        lines.append(f"  checkpoint  {shown(plan['checkpoint.dir'])} every {every} steps, keep {plan['checkpoint.keep']}, "
                      f"export {plan['checkpoint.export']}")
     for note in ctx.notes:  # what a static check cannot know (a dry run, or the run, tells)
         if note.startswith("not checked: "):

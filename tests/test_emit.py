@@ -74,7 +74,9 @@ def ws(tmp_path_factory):
     return make_workspace(tmp_path_factory.mktemp("emit"))
 
 
-_hostile = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=30)
+# NUL and lone surrogates are refused where the plan is parsed (tests/test_robust.py)
+_hostile = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1,
+                   max_size=30)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -9,7 +9,7 @@ import pytest
 from planc.dryrun import RULES as DRY_RULES
 from planc.estimate import RULES as EST_RULES
 from planc.frontend import check_plan
-from planc.parse import size_bytes
+from planc.args import size_bytes
 from tests.planfix import base_plan, make_workspace
 
 RULES = {**EST_RULES, **DRY_RULES}

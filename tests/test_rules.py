@@ -34,7 +34,7 @@ CASES = {
     "plan-name-shadow": ([('plan "base"', 'plan "triton"')], '"triton"', "error", None),
     "unknown-block": ([("mesh {", "meshh {")], "meshh", "error", None),
     "duplicate-block": ([("checkpoint { dir", "mesh { tp = 1 }\ncheckpoint { dir")], "mesh { tp", "error", None),
-    "missing-block": ([("train {\n", "trainx {\n")], '"base"', "error", None),
+    "missing-block": ([("train {\n", "qqq {\n")], '"base"', "error", None),
     "block-args": ([("mesh {", 'mesh "x" {')], 'mesh "x"', "error", None),
     "block-body": ([("checkpoint { dir", "checkpoint\nfoo { dir")], "checkpoint\n", "error", None),
     "unknown-key": ([("dtype     = fp32", "dtyp      = fp32")], "dtyp ", "error", None),

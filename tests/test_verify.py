@@ -155,7 +155,7 @@ def test_invalid_plan_exits_2(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("args,message", [
     (["--layout", "dp_shard=4,tp=2"], "more than --max-procs 4"),
     (["--layout", "dp_shard=2,sp=2"], "no `sp` rule"),
-    (["--max-procs", "0"], "--max-procs and --steps must be >= 1"),
+    (["--max-procs", "0"], "argument --max-procs: must be between 1"),  # a usage error (planc/args.py)
 ])
 def test_refused_layouts_exit_2(args, message, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(REPO)

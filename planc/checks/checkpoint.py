@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import paths
+from ..diagnostics import elide
+
 RULES = {
     "checkpoint-every": "checkpoint.every <= train.steps",
     "checkpoint-dir": "checkpoint.dir is a directory (or can become one)",
@@ -20,7 +23,12 @@ def check(ctx) -> None:
     d = p["checkpoint.dir"]
     if d is not None:
         path = Path(d)
-        blocker = next((q for q in [path, *path.parents] if q.exists() and not q.is_dir()), None)
+        try:
+            blocker = next((q for q in [path, *path.parents] if paths.exists(q) and not paths.is_dir(q)), None)
+        except paths.PathError as e:
+            ctx.error("checkpoint-dir", f"{elide(d)} cannot be a directory: {e}", p.value_span("checkpoint.dir"),
+                      "choose another directory")
+            return
         if blocker is not None:
             ctx.error("checkpoint-dir", f"{blocker} is a file, so {d} cannot be a directory",
                       p.value_span("checkpoint.dir"), "choose another directory")

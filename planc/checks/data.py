@@ -8,6 +8,9 @@ from pathlib import Path
 
 from runtime.vocab import SOURCE_FORMATS
 
+from .. import paths
+from ..diagnostics import elide
+
 RULES = {
     "data-source": "every source path exists and holds files",
     "data-format": f"every source is in a readable format ({' '.join(SOURCE_FORMATS)})",
@@ -47,6 +50,7 @@ def check(ctx) -> None:
     p = ctx.plan
     if "data" not in p.blocks:
         return
+    first = len(ctx.diags)
     if ctx.skip_files:
         ctx.notes.append("not checked: the data and tokenizer files (--skip-files): sources, fields, records, "
                          "the tokenizer's vocabulary and chat template")
@@ -72,7 +76,8 @@ def check(ctx) -> None:
         elif mpe and max_len > mpe:
             ctx.warn("max-len", f"max_len ({max_len}) exceeds the model's max_position_embeddings ({mpe})",
                      p.span("data.max_len"), f"use max_len <= {mpe}, or extend the rotary scaling in the config")
-    if not ctx.skip_files and p.sources and not any(d.severity == "error" and d.rule in RULES for d in ctx.diags):
+    refused = any(d.severity == "error" and (d.rule in RULES or i >= first) for i, d in enumerate(ctx.diags))
+    if not ctx.skip_files and p.sources and not refused:
         ctx.data_estimate = _mixture(ctx)
     if not p.sources and "data" in p.blocks:
         ctx.error("data-source", "the data block names no source", p.blocks["data"],
@@ -102,23 +107,39 @@ def _check_source(ctx, src) -> None:
     path = src["path"]
     if path is None:
         return
+    if src["weight"] is not None and src["weight"] <= 0:
+        # one mistake, one diagnostic: the source is not read (the runtime would refuse it too)
+        ctx.error("range", f"source {src.name!r}: weight must be more than 0", src.settings["weight"].span,
+                  "a weight is the source's share of the mixture; drop the source instead")
+        return
     span = src.settings["path"].span or src.span
     fmt_span = src.settings["format"].span or span
+    where = "give a file, a directory of files, or a glob (relative to where you run planc)"
+    try:
+        paths.check(path)
+        is_glob = any(ch in path for ch in "*?[")
+        missing = not is_glob and not paths.exists(path)
+    except paths.PathError as e:
+        ctx.error("data-source", f"source {src.name!r}: cannot use {elide(path)} as a path: {e}", span, where)
+        return
     try:
         fmt = src["format"] or infer_format(path)
     except (ValueError, OSError) as e:
-        if not any(ch in path for ch in "*?[") and not Path(path).exists():
-            ctx.error("data-source", f"source {src.name!r}: {path} does not exist", span,
-                      "give a file, a directory of files, or a glob (relative to where you run planc)")
+        if missing:
+            ctx.error("data-source", f"source {src.name!r}: {path} does not exist", span, where)
         else:
-            ctx.error("data-format", f"source {src.name!r}: {e}", fmt_span,
-                      "add `format = jsonl` (or json, parquet, arrow, csv, text, hf_disk)")
+            ctx.error("data-format", f"source {src.name!r}: {paths.reason(e, path) if isinstance(e, OSError) else e}",
+                      fmt_span, "add `format = jsonl` (or json, parquet, arrow, csv, text, hf_disk)")
         return
     try:
         files = data_files(path, fmt)
-    except (FileNotFoundError, OSError) as e:
-        ctx.error("data-source", f"source {src.name!r}: {e}", span,
-                  "give a file, a directory of files, or a glob (relative to where you run planc)")
+        odd = next((f for f in files if not paths.is_file(f)), None)
+    except (OSError, ValueError, paths.PathError) as e:
+        msg = paths.reason(e, path) if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) else e
+        ctx.error("data-source", f"source {src.name!r}: {msg}", span, where)
+        return
+    if odd is not None:  # a device (/dev/zero) or a pipe: no records end, nothing can be peeked
+        ctx.error("data-source", f"source {src.name!r}: {elide(odd)} is not a regular file", span, where)
         return
     try:
         head = list(itertools.islice(read_records(runtime_source(src)), PEEK))
@@ -171,11 +192,20 @@ def _check_tokenizer(ctx) -> None:
         return
     d = Path(path)
     span = p.value_span("data.tokenizer")
-    if not d.is_dir() or not any((d / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
-        ctx.error("tokenizer", f"{path} is not a local HF tokenizer directory", span,
-                  "give a directory with tokenizer.json (e.g. the model directory)")
+    fix = "give a directory with tokenizer.json (e.g. the model directory)"
+    try:
+        if not paths.is_dir(d) or not any(paths.exists(d / f) for f in ("tokenizer.json", "tokenizer_config.json",
+                                                                         "vocab.json")):
+            ctx.error("tokenizer", f"{path} is not a local HF tokenizer directory", span, fix)
+            return
+        odd = next((d / f for f in _TOKENIZER_FILES if paths.exists(d / f) and not paths.is_file(d / f)), None)
+        if odd is not None:  # a directory, a device or a pipe where the loader expects a file
+            ctx.error("tokenizer", f"{elide(str(odd))} is not a regular file", span, fix)
+            return
+        vocab, template = _tokenizer_facts(d)
+    except paths.PathError as e:
+        ctx.error("tokenizer", f"cannot use {elide(path)} as a tokenizer directory: {e}", span, fix)
         return
-    vocab, template = _tokenizer_facts(d)
     if ctx.tree is not None and vocab:
         model_vocab = getattr(ctx.tree.config, "vocab_size", None)
         if model_vocab and vocab > model_vocab:
@@ -187,25 +217,30 @@ def _check_tokenizer(ctx) -> None:
                   src.settings["kind"].span or src.span, "add `chat_template = chatml` to data (a built-in template)")
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                    "added_tokens.json", "chat_template.jinja", "chat_template.json", "tokenizer.model")
+
+
 def _tokenizer_facts(d: Path) -> tuple[int | None, bool]:
-    """(vocabulary size with added tokens, has a chat template) read from the files, without loading."""
+    """(vocabulary size with added tokens, has a chat template) read from the files, without loading.
+    A file that cannot be read as the JSON it should be tells nothing (the tokenizer load reports it)."""
     vocab = None
     tj = d / "tokenizer.json"
-    if tj.exists():
+    if paths.exists(tj):
         try:
-            data = json.loads(tj.read_text(encoding="utf-8"))
+            data = json.loads(paths.read_text(tj))
             ids = list((data.get("model") or {}).get("vocab", {}).values()) if isinstance(
                 (data.get("model") or {}).get("vocab"), dict) else []
             ids += [t.get("id", 0) for t in data.get("added_tokens", [])]
             vocab = max(ids) + 1 if ids else None
-        except (OSError, json.JSONDecodeError, AttributeError, TypeError):
+        except (paths.PathError, ValueError, RecursionError, AttributeError, TypeError):
             vocab = None
-    template = (d / "chat_template.jinja").exists() or (d / "chat_template.json").exists()
+    template = paths.exists(d / "chat_template.jinja") or paths.exists(d / "chat_template.json")
     tc = d / "tokenizer_config.json"
-    if tc.exists():
+    if paths.exists(tc):
         try:
-            template = template or bool(json.loads(tc.read_text(encoding="utf-8")).get("chat_template"))
-        except (OSError, json.JSONDecodeError, AttributeError):
+            template = template or bool(json.loads(paths.read_text(tc)).get("chat_template"))
+        except (paths.PathError, ValueError, RecursionError, AttributeError):
             pass
     return vocab, template
 

@@ -69,18 +69,24 @@ def check(ctx) -> None:
 
 
 def _formula(degrees: dict, only=None) -> str:
-    names = [d for d in MESH_DIMS if (only is None and degrees[d] != 1) or (only and d in only)] or ["dp_shard"]
+    """`dp_shard(2) * tp(3)`: the degrees given (an `auto` one is not among them)."""
+    names = [d for d in MESH_DIMS if d in degrees and ((only is None and degrees[d] != 1) or (only and d in only))]
+    names = names or [d for d in ("dp_shard", *MESH_DIMS) if d in degrees][:1]
     return " * ".join(f"{d}({degrees[d]})" for d in names)
 
 
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """The divisors of n (all of them up to n = 10**10; n may be as large as 2**63: no loop to n)."""
+    small = [d for d in range(1, min(n, 10**5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
 
 
 def _divisor_help(fixed: dict, world: int, plan) -> str:
     """Name one degree change that makes the product equal the world size."""
     options = []
     for d in MESH_DIMS:
+        if d not in fixed:  # the `auto` degree: it is derived, not chosen
+            continue
         others = prod(v for k, v in fixed.items() if k != d)
         if others and world % others == 0 and world // others != fixed[d]:
             options.append(f"{d} = {world // others}")

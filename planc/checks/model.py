@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import difflib
 import re
-from pathlib import Path
 
+from .. import paths
+from ..diagnostics import elide
 from ..model_tree import config_dir, match
 
 RULES = {
@@ -21,10 +22,14 @@ def check(ctx) -> None:
         return
     weights = p["model.weights"]
     if weights is not None:
-        d = config_dir(weights)
-        if not d.is_dir() or not any(Path(d).glob("*.safetensors")):
-            ctx.error("model-weights", f"{weights} holds no *.safetensors", p.value_span("model.weights"),
-                      "point `weights` at an HF directory with safetensors files, or drop it to train from scratch")
+        fix = "point `weights` at an HF directory with safetensors files, or drop it to train from scratch"
+        try:
+            d = config_dir(weights)
+            if not paths.is_dir(d) or not paths.has_match(d, "*.safetensors"):
+                ctx.error("model-weights", f"{weights} holds no *.safetensors", p.value_span("model.weights"), fix)
+        except paths.PathError as e:
+            ctx.error("model-weights", f"cannot use {elide(weights)} as weights: {e}", p.value_span("model.weights"),
+                      fix)
     for i, rule in enumerate(p.rules):
         for j, g in enumerate(rule.globs):
             problem = _glob_problem(g.pattern)

@@ -28,6 +28,13 @@ RULES = {
 }
 
 
+WORLD_MAX = 2**18  # ranks the estimate lays out one by one (a few seconds); beyond, it is not made
+
+
+class TooLarge(ValueError):
+    """A world too large for the per-rank estimate (the plan itself may still compose)."""
+
+
 def fmt_bytes(n: float) -> str:
     for unit, div in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= div:
@@ -70,6 +77,8 @@ def report(checked, *, dry_run: bool = False, device_memory: int | None = None,
 
     ctx = checked.ctx
     layout = Layout.from_degrees(ctx.degrees)
+    if layout.world > WORLD_MAX:
+        raise TooLarge(f"{layout.world} ranks are more than the {WORLD_MAX} the estimate lays out one by one")
     gpn = gpus_per_node or checked.plan["mesh.gpus_per_node"]
     analytic = states_per_rank(ctx)
     diags: list[Diagnostic] = []

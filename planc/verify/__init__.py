@@ -93,10 +93,15 @@ def verify(opts: VerifyOptions) -> int:
     ir = lower(checked, f"generated/{plan.name}.py")
     layouts, notes = choose_layouts(opts, ir, own)
 
-    work = Path(opts.keep).resolve() if opts.keep else Path(tempfile.mkdtemp(prefix=f"planc-verify-{plan.name}-"))
-    if opts.keep and work.exists() and any(work.iterdir()):
-        raise PlanInvalid(f"--keep {opts.keep}: the directory is not empty")
-    work.mkdir(parents=True, exist_ok=True)
+    try:
+        work = Path(opts.keep).resolve() if opts.keep else Path(tempfile.mkdtemp(prefix=f"planc-verify-{plan.name}-"))
+        if opts.keep and work.exists() and any(work.iterdir()):
+            raise PlanInvalid(f"--keep {opts.keep}: the directory is not empty")
+        work.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as e:  # --keep names a file, a place that cannot be written, ...
+        from ..paths import reason
+
+        raise PlanInvalid(f"--keep {opts.keep}: {reason(e)}" if opts.keep else f"no temporary directory: {reason(e)}") from None
     try:
         return _run(opts, ir, plan, own, layouts, notes, work)
     finally:
