@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .plantext import Block, Word, literal, render
+from .readout import Note, Settings
 from .yamlsrc import Entry, ImportError_, apply_overrides, load_entries
 
 __all__ = ["Note", "ImportResult", "import_veomni"]
@@ -33,74 +34,11 @@ _KERNELS = {  # ops_implementation key -> planc kernels key
     "moe_implementation": "moe"}
 _KERNEL_VALUES = {"liger_kernel": "auto", "triton": "auto", "fused_triton": "auto", "fused": "auto",
                   "chunk_loss": "torch", "eager": "off"}
-# Settings with no planc counterpart whose VeOmni meaning planc already has (or that only tune
-# VeOmni's own machinery): reported as notes, with why nothing is lost.
-_SAME = {
-    "train.init_device": "planc always builds the model on the meta device and materialises shards",
-    "train.enable_full_determinism": "planc's runs are seeded; CPU/gloo layouts are checked against one process",
-    "train.empty_cache_steps": "no periodic cache emptying in planc scripts",
-    "train.gc_steps": "no scheduled garbage collection in planc scripts",
-    "train.accelerator.fsdp_config.forward_prefetch": "FSDP2's default prefetching is used",
-    "train.enable_forward_prefetch": "FSDP2's default prefetching is used",
-    "train.checkpoint.manager": "planc checkpoints are DCP", "train.ckpt_manager": "planc checkpoints are DCP",
-    "train.gradient_checkpointing.enable_reentrant": "planc uses non-reentrant checkpointing",
-    "train.enable_reentrant": "planc uses non-reentrant checkpointing",
-    "train.rmpad": "planc packs without padding inside rows (position_ids restart per document)",
-    "train.rmpad_with_pos_ids": "planc packs without padding inside rows (position_ids restart per document)",
-    "data.dataloader_type": "planc's loader is its own (stateful, exact resume)",
-    "train.checkpoint.load_path": "resume with the script's --resume auto|PATH",
-    "train.load_checkpoint_path": "resume with the script's --resume auto|PATH",
-}
-
-
-@dataclass
-class Note:
-    where: str    # file:line:col of the setting, or "<command line> (argument N)"
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.key}: {self.message}"
-
-
 @dataclass
 class ImportResult:
     name: str
     text: str
     notes: list
-
-
-class _Config:
-    """The entries, what was read, and the notes."""
-
-    def __init__(self, entries: dict[str, Entry], old: bool):
-        self.entries, self.old, self.used, self.notes = entries, old, set(), []
-
-    def get(self, *keys, default=None):
-        """(value, entry) of the first key present (all `keys` are marked read), else (default, None)."""
-        found = None
-        for k in keys:
-            if k in self.entries:
-                self.used.add(k)
-                found = found or self.entries[k]
-        return (found.value, found) if found else (default, None)
-
-    def note(self, entry: Entry | None, message: str, key: str | None = None) -> None:
-        self.notes.append(Note(entry.where if entry else "(default)", entry.key if entry else key, message))
-
-    def leftovers(self) -> None:
-        for key, e in self.entries.items():
-            if key in self.used:
-                continue
-            reason = _SAME.get(key)
-            if reason is None and any(key.startswith(p) for p in ("train.wandb.", "train.use_wandb", "train.wandb_")):
-                reason = "not carried over: experiment trackers are not plan settings yet (runtime/trackers.py)"
-            if reason is None and key in ("data.eval_path", "train.eval_steps", "train.eval_epochs"):
-                reason = "not carried over: validation is not a plan setting yet (runtime/validation.py)"
-            if reason is None and any(key.startswith(p) for p in ("train.profile.", "train.enable_profiling",
-                                                                    "train.profile_")):
-                reason = "not carried over: profiling is not a plan setting yet (runtime/profiling.py)"
-            self.note(e, reason or "not carried over: planc has no such setting")
 
 
 def _generation(entries) -> bool:
@@ -110,7 +48,7 @@ def _generation(entries) -> bool:
     return any(k in entries and not isinstance(entries[k].value, dict) for k in flat)
 
 
-def _mixture(c: _Config, path: str, entry: Entry) -> list[tuple[str, str, float]]:
+def _mixture(c: Settings, path: str, entry: Entry) -> list[tuple[str, str, float]]:
     """(name, path, weight) of each source of a VeOmni multi-source YAML."""
     sub = load_entries(path)
     sources, names = sub.get("sources"), sub.get("names")
@@ -142,7 +80,7 @@ def _ident(label: str, i: int) -> str:
     return name if name[0].isalpha() else f"s_{name}"
 
 
-def _model(c: _Config, model: Block, data: Block, kernels: Block, sp: int) -> None:
+def _model(c: Settings, model: Block, data: Block, kernels: Block, sp: int) -> None:
     config, ce = c.get("model.config_path")
     weights, we = c.get("model.model_path")
     if config is None and weights is None:
@@ -174,7 +112,7 @@ def _model(c: _Config, model: Block, data: Block, kernels: Block, sp: int) -> No
         c.note(le, "not carried over: LoRA is not a plan setting yet (runtime/lora.py has the runtime)")
 
 
-def _steps(c: _Config, *, dyn: bool, global_rows: int, max_len: int, epochs: int) -> tuple[int, str]:
+def _steps(c: Settings, *, dyn: bool, global_rows: int, max_len: int, epochs: int) -> tuple[int, str]:
     max_steps, me = c.get("train.max_steps")
     if max_steps:
         return int(max_steps), "train.max_steps"
@@ -198,7 +136,7 @@ def import_veomni(path, overrides: Sequence[str] = (), *, name: str | None = Non
     size from the launch); without it the plan says `dp_shard = auto` and `planc check` needs
     `--world N`. Raises ImportError_ when the config cannot be read or names no model/data."""
     entries = apply_overrides(load_entries(path), overrides)
-    c = _Config(entries, _generation(entries))
+    c = Settings(entries, _generation(entries))
     name = name or re.sub(r"[^A-Za-z0-9_.-]", "-", Path(path).stem)
     model, mesh, par, data, train, ckpt, kernels = (Block(b) for b in (
         "model", "mesh", "parallelize", "data", "train", "checkpoint", "kernels"))
