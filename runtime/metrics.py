@@ -79,7 +79,9 @@ class Metrics:
             if start_step > 0 and self.path.exists():
                 kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= start_step]
             with open(self.path, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in kept)
+                for r in kept:
+                    self._last = (r["step"], r, f.tell())  # a validation of the resumed step joins it
+                    f.write(json.dumps(r) + "\n")
             self.elapsed_before = max((r.get("elapsed", 0.0) for r in kept), default=0.0)
         for sink in self.sinks:
             sink.start_at(start_step)

@@ -20,8 +20,11 @@ checkpoint's) and its forward hook appended (runs after checkpoint's). During ba
 recomputation runs the module's hooks again; there the offload hooks stay off (the recomputed
 tensors live only until their gradient is taken).
 
-It composes with FSDP2 (its all-gathered weights are Parameters, so not copied), TP and EP
-(DTensor activations are saved as local tensors by autograd) and Ulysses (per-rank slices).
+It composes with FSDP2 (its all-gathered weights are Parameters, so not copied), EP and Ulysses
+(plain per-rank tensors) and TP. Under TP, what autograd saves inside a TP-sharded layer is a
+DTensor (the layer's input, replicated or sequence-sharded); those stay on the device (counted in
+`kept_bytes`), everything saved as a plain tensor (norms, attention, activations between the
+sharded layers) is offloaded.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.distributed._functional_collectives import AsyncCollectiveTensor
+from torch.distributed.tensor import DTensor
 
 from runtime.parallel.globs import match_modules
 
@@ -62,6 +67,13 @@ def offload_hooks(min_bytes: int = 1 << 16, pin_memory: bool | None = None, stat
         if _is_param(t):
             if stats is not None:
                 stats.params_skipped += 1
+            return t
+        if isinstance(t, AsyncCollectiveTensor):  # a collective's result (TP, Ulysses): its plain tensor
+            t = t.wait()
+        if type(t) is not torch.Tensor:  # DTensor (its placements would have to travel too), other subclasses
+            if stats is not None:
+                local = t.to_local() if isinstance(t, DTensor) else t
+                stats.kept_bytes += local.numel() * local.element_size()
             return t
         size = t.numel() * t.element_size()
         if size < min_bytes:

@@ -4,13 +4,14 @@
 
 Every rank also computes the one-process reference itself (same seed, same global batches), and
 rank 0 writes one JSON record per check:
-- validation: FSDP2 (dp 2) validation losses, greedy and dynamic packing, vs one process; and the
-  same loss twice (the loader restarts at every pass);
+- validation: FSDP2 (dp 2, greedy and dynamic packing) and Ulysses sp 2 validation losses vs one
+  process; and the same loss twice (the loader restarts at every pass);
 - lora_<layout>: LoRA (rank 4 on q/v/down) built on the meta device, materialised, trained 3
   steps with activation checkpointing, on FSDP2, Ulysses sp 2 and FSDP2 x EP2 (a MoE model) vs
   one process; then (FSDP2) a trainable-only DCP checkpoint resumed into a fresh model, the merged
   HF export's logits and the peft adapter directory's logits against the adapted model's;
-- offload: FSDP2 + checkpointing + activation offloading vs the same without offloading.
+- offload_<layout>: activation offloading, alone and with checkpointing, vs neither, on FSDP2 and
+  on TP 2 (the model's own TP plan; FSDP over the remaining rank).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from runtime.parallel.fsdp import apply_fsdp
 from runtime.parallel.globs import expand
 from runtime.parallel.mesh_ep import ep_meshes
 from runtime.parallel.offload import OffloadStats, apply_activation_offload
+from runtime.parallel.tp import apply_tp, tp_rules_from_config
 from runtime.parallel.ulysses import apply_ulysses, slice_for_sp
 from runtime.validation import ValTotals, build_val_loader
 
@@ -107,17 +109,25 @@ def train(model, loader, steps, group=None, sp_mesh=None):
     return losses, norms, opt
 
 
-def check_validation(info, mesh, cfg_dir, src, tok):
+def check_validation(info, cfg_dir, src, tok):
+    """FSDP2 (dp 2) with greedy and dynamic packing, and Ulysses sp 2 (each rank a slice of every
+    row), against one process."""
     out = {}
-    for pack, extra, micro in (("greedy", {}, 2), ("dynamic", {"tokens": 128}, 1)):
+    for name, degrees, pack, extra, micro in (("greedy", {"dp_shard": 2}, "greedy", {}, 2),
+                                              ("dynamic", {"dp_shard": 2}, "dynamic", {"tokens": 128}, 1),
+                                              ("sp2", {"sp": 2}, "dynamic", {"tokens": 128}, 1)):
+        mesh = rdist.build_mesh(info, **degrees)
+        sp = degrees.get("sp", 1)
         global_rows = 8
         model = models.build_meta(cfg_dir)
+        if sp > 1:
+            apply_ulysses(model, mesh.sp, expand(model, ["model.layers.*.self_attn"]))
         apply_fsdp(model, mesh.fsdp, ["model.layers.*"])
         models.materialize(model, info.device, seed=SEED)
         ref = reference_model(cfg_dir)
         vl = build_val_loader([src], tok, batches=3, max_len=64, pack=pack, micro_batch=micro,
                               grad_accum=global_rows // (micro * mesh.dp_size), dp_rank=mesh.dp_rank,
-                              dp_size=mesh.dp_size, **extra)
+                              dp_size=mesh.dp_size, pad_to_multiple_of=sp, **extra)
         rl = build_val_loader([src], tok, batches=3, max_len=64, pack=pack, micro_batch=micro,
                               grad_accum=global_rows // micro, **extra)
         results = []
@@ -127,13 +137,15 @@ def check_validation(info, mesh, cfg_dir, src, tok):
             with torch.no_grad():
                 for micro_batches in loader:
                     for b in micro_batches:
+                        if m is model and sp > 1:
+                            b = slice_for_sp(b, mesh.sp.get_local_rank(), sp)
                         totals.add(forward_loss(m, b), b["labels"])
             if m is model:  # the layout: reduced over the dp ranks
                 results.append(totals.result(mesh.loss_group))
             else:  # the one-process reference saw the whole set itself
                 results.append({"val_loss": float(totals.sums[0] / totals.sums[1]), "val_tokens": int(totals.sums[1])})
         (a, again, r) = results
-        out[pack] = {"layout": a["val_loss"], "again": again["val_loss"], "reference": r["val_loss"],
+        out[name] = {"layout": a["val_loss"], "again": again["val_loss"], "reference": r["val_loss"],
                      "tokens": a["val_tokens"], "ref_tokens": r["val_tokens"], "ppl": a["val_ppl"],
                      "rel": rel(a["val_loss"], r["val_loss"])}
     return out
@@ -217,21 +229,27 @@ def check_lora(info, name, degrees, cfg_dir, spec, src, tok, work):
     return out
 
 
-def check_offload(info, mesh, cfg_dir, src, tok):
+def check_offload(info, cfg_dir, src, tok, degrees):
+    """Training with offloading (with and without checkpointing) equals training without."""
+    mesh = rdist.build_mesh(info, **degrees)
     out = {}
-    for offload in (False, True):
+    for mode in ("plain", "offload", "checkpoint+offload"):
         model = models.build_meta(cfg_dir)
         stats = OffloadStats()
-        apply_activation_checkpointing(model, ["model.layers.*"])
-        if offload:
+        if degrees.get("tp", 1) > 1:
+            apply_tp(model, mesh.tp, tp_rules_from_config(model)[0])
+        if "checkpoint" in mode:
+            apply_activation_checkpointing(model, ["model.layers.*"])
+        if "offload" in mode:
             apply_activation_offload(model, ["model.layers.*"], min_bytes=0, stats=stats)
         apply_fsdp(model, mesh.fsdp, ["model.layers.*"])
         models.materialize(model, info.device, seed=SEED)
-        loader = build_loader([src], tok, max_len=64, pack="greedy", micro_batch=2, grad_accum=2,
+        loader = build_loader([src], tok, max_len=64, pack="greedy", micro_batch=2, grad_accum=4 // mesh.dp_size,
                               dp_rank=mesh.dp_rank, dp_size=mesh.dp_size, seed=SEED, log=lambda m: None)
+        # plain (no checkpointing) as the reference: recomputation is exact here too
         losses, norms, _ = train(model, loader, STEPS, mesh.loss_group)
-        out["on" if offload else "off"] = {"losses": losses, "norms": norms, "moved_bytes": stats.moved_bytes,
-                                           "params_skipped": stats.params_skipped}
+        out[mode] = {"losses": losses, "norms": norms, "moved_bytes": stats.moved_bytes,
+                     "kept_bytes": stats.kept_bytes}
     return out
 
 
@@ -241,9 +259,9 @@ def main(out_path, corpus, tokenizer, workdir):
     tok = load_tokenizer(tokenizer)
     src = Source(name="stdlib", path=corpus, format="jsonl", text="text")
     dense, moe = write_config(work, "dense", DENSE), write_config(work, "moe", MOE)
-    mesh = rdist.build_mesh(info, dp_shard=info.world)
-    results = {"validation": check_validation(info, mesh, dense, src, tok),
-               "offload": check_offload(info, mesh, dense, src, tok),
+    results = {"validation": check_validation(info, dense, src, tok),
+               "offload_fsdp2": check_offload(info, dense, src, tok, {"dp_shard": 2}),
+               "offload_tp2": check_offload(info, dense, src, tok, {"tp": 2}),
                "lora_fsdp2": check_lora(info, "fsdp2", {"dp_shard": 2}, dense, SPEC, src, tok, work),
                "lora_sp2": check_lora(info, "sp2", {"sp": 2}, dense, SPEC, src, tok, work),
                "lora_ep2": check_lora(info, "ep2", {"dp_shard": 2, "ep": 2}, moe, MOE_SPEC, src, tok, work)}
