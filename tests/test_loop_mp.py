@@ -29,7 +29,7 @@ def test_validation_loss_equals_one_process(results, layout):
     assert v["again"] == v["layout"]  # a second pass sees the same batches
 
 
-@pytest.mark.parametrize("layout", ["offload_fsdp2", "offload_tp2"])
+@pytest.mark.parametrize("layout", ["offload_fsdp2", "offload_tp2", "offload_sp2", "offload_ep2"])
 def test_offload_changes_nothing(results, layout):
     r = results[layout]
     plain = r["plain"]

@@ -7,7 +7,10 @@ active: a saved tensor is copied to host memory (pinned, asynchronously, on CUDA
 to its device when backward needs it. Parameters (and views of them, such as the transposed
 weight a matmul saves) stay where they are: they are resident anyway, and under FSDP2 they are
 re-gathered for backward. Tensors under `min_bytes` stay too (a copy costs more than they hold).
-A tensor saved several times in one module's forward (the input of q, k and v) is copied once.
+A storage saved several times in one module's forward (the input of q, k and v; views of one
+buffer, such as the gate and up halves of a fused projection) is copied once, and each saved tensor
+comes back with its own sizes, strides and offset into it: backward computes on the same layouts,
+so its results are bit-identical to running without offloading.
 
 With activation checkpointing on the same modules (either order of application): checkpointing
 keeps only each block's inputs and recomputes the rest in backward; offloading then moves those
@@ -57,14 +60,29 @@ def _is_param(t: torch.Tensor) -> bool:
     return isinstance(t, nn.Parameter) or isinstance(getattr(t, "_base", None), nn.Parameter)
 
 
-def offload_hooks(min_bytes: int = 1 << 16, pin_memory: bool | None = None, stats: OffloadStats | None = None):
+def _param_storages(module: nn.Module) -> set:
+    """Storages of the module's parameters as they are now (local shards of DTensors, FSDP2's
+    gathered weights during its forward): a tensor in one of them is a weight, not an activation
+    (e.g. an expert weight EP reads through `to_local()`)."""
+    ptrs = set()
+    for p in module.parameters():
+        local = p.to_local() if isinstance(p, DTensor) else p
+        if local.device.type != "meta":
+            ptrs.add(local.untyped_storage().data_ptr())
+    return ptrs
+
+
+def offload_hooks(min_bytes: int = 1 << 16, pin_memory: bool | None = None, stats: OffloadStats | None = None,
+                  module: nn.Module | None = None):
     """A fresh `saved_tensors_hooks` context that copies saved tensors to the host (one region:
-    its cache of already-copied tensors lives as long as the context object)."""
+    its cache of already-copied tensors lives as long as the context object). With `module`,
+    tensors that live in its parameters' storage stay too."""
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
-    copied: dict = {}  # storage key -> (weakref to the device tensor, packed)
+    copied: dict = {}  # storage address -> (weakref to its base tensor, host copy, whole storage?)
 
     def pack(t: torch.Tensor):
-        if _is_param(t):
+        if _is_param(t) or (module is not None and type(t) is torch.Tensor
+                            and t.untyped_storage().data_ptr() in _param_storages(module)):
             if stats is not None:
                 stats.params_skipped += 1
             return t
@@ -80,23 +98,27 @@ def offload_hooks(min_bytes: int = 1 << 16, pin_memory: bool | None = None, stat
             if stats is not None:
                 stats.kept_bytes += size
             return t
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
-               t.dtype, t._version)
+        storage = t.untyped_storage()
+        base = t._base if t._base is not None else t
+        view = (tuple(t.size()), tuple(t.stride()), t.storage_offset())
+        # views of one buffer share one copy of it; a small view of a big buffer is copied alone
+        whole = storage.nbytes() <= 2 * size and storage.nbytes() % t.element_size() == 0
+        key = (storage.data_ptr(), t.dtype, t._version) + (() if whole else view)
         hit = copied.get(key)
-        if hit is not None and hit[0]() is t:
-            return hit[1]
-        host = torch.empty(t.size(), dtype=t.dtype, layout=t.layout, pin_memory=pin and t.is_cuda)
-        host.copy_(t, non_blocking=pin and t.is_cuda)
-        packed = (t.device, host)
-        copied[key] = (weakref.ref(t), packed)
-        if stats is not None:
-            stats.moved_bytes += size
-        return packed
+        if hit is None or hit[0]() is not base:  # not yet copied in this region (or a reused address)
+            flat = t.new_empty(0).set_(storage, 0, (storage.nbytes() // t.element_size(),), (1,)) if whole else t
+            host = torch.empty_like(flat, device="cpu", pin_memory=pin and t.is_cuda)
+            host.copy_(flat, non_blocking=pin and t.is_cuda)
+            hit = copied[key] = (weakref.ref(base), host)
+            if stats is not None:
+                stats.moved_bytes += host.numel() * host.element_size()
+        return (t.device, hit[1], view if whole else None)
 
     def unpack(packed):
         if isinstance(packed, tuple):
-            device, host = packed
-            return host.to(device, non_blocking=host.is_pinned())
+            device, host, view = packed
+            back = host.to(device, non_blocking=host.is_pinned())
+            return back if view is None else back.as_strided(*view)  # the saved layout, exactly
         return packed
 
     return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
@@ -125,7 +147,7 @@ def apply_activation_offload(model: nn.Module, patterns, *, min_bytes: int = 1 <
         def pre(mod, args, active=active):
             ctx = None
             if torch.is_grad_enabled() and not _in_backward():
-                ctx = offload_hooks(min_bytes, pin_memory, stats)
+                ctx = offload_hooks(min_bytes, pin_memory, stats, mod)
                 ctx.__enter__()
             active.append(ctx)
 

@@ -10,8 +10,8 @@ rank 0 writes one JSON record per check:
   steps with activation checkpointing, on FSDP2, Ulysses sp 2 and FSDP2 x EP2 (a MoE model) vs
   one process; then (FSDP2) a trainable-only DCP checkpoint resumed into a fresh model, the merged
   HF export's logits and the peft adapter directory's logits against the adapted model's;
-- offload_<layout>: activation offloading, alone and with checkpointing, vs neither, on FSDP2 and
-  on TP 2 (the model's own TP plan; FSDP over the remaining rank).
+- offload_<layout>: activation offloading, alone and with checkpointing, vs neither, on FSDP2, TP 2
+  (the model's own TP plan), Ulysses sp 2 and FSDP2 x EP 2 (a MoE model).
 """
 from __future__ import annotations
 
@@ -231,23 +231,31 @@ def check_lora(info, name, degrees, cfg_dir, spec, src, tok, work):
 
 def check_offload(info, cfg_dir, src, tok, degrees):
     """Training with offloading (with and without checkpointing) equals training without."""
-    mesh = rdist.build_mesh(info, **degrees)
+    mesh = rdist.build_mesh(info, **{k: v for k, v in degrees.items() if k != "ep"})
+    sp = degrees.get("sp", 1)
     out = {}
     for mode in ("plain", "offload", "checkpoint+offload"):
         model = models.build_meta(cfg_dir)
         stats = OffloadStats()
         if degrees.get("tp", 1) > 1:
             apply_tp(model, mesh.tp, tp_rules_from_config(model)[0])
+        if degrees.get("ep", 1) > 1:
+            ep_mesh, experts_fsdp = ep_meshes(mesh.root, degrees["ep"])
+            apply_ep(model, ep_mesh, expand(model, ["model.layers.*.mlp.experts"]))
+        if sp > 1:
+            apply_ulysses(model, mesh.sp, expand(model, ["model.layers.*.self_attn"]))
         if "checkpoint" in mode:
             apply_activation_checkpointing(model, ["model.layers.*"])
         if "offload" in mode:
             apply_activation_offload(model, ["model.layers.*"], min_bytes=0, stats=stats)
+        if degrees.get("ep", 1) > 1:
+            shard_experts(model, experts_fsdp)
         apply_fsdp(model, mesh.fsdp, ["model.layers.*"])
         models.materialize(model, info.device, seed=SEED)
         loader = build_loader([src], tok, max_len=64, pack="greedy", micro_batch=2, grad_accum=4 // mesh.dp_size,
                               dp_rank=mesh.dp_rank, dp_size=mesh.dp_size, seed=SEED, log=lambda m: None)
         # plain (no checkpointing) as the reference: recomputation is exact here too
-        losses, norms, _ = train(model, loader, STEPS, mesh.loss_group)
+        losses, norms, _ = train(model, loader, STEPS, mesh.loss_group, mesh.sp if sp > 1 else None)
         out[mode] = {"losses": losses, "norms": norms, "moved_bytes": stats.moved_bytes,
                      "kept_bytes": stats.kept_bytes}
     return out
@@ -262,6 +270,8 @@ def main(out_path, corpus, tokenizer, workdir):
     results = {"validation": check_validation(info, dense, src, tok),
                "offload_fsdp2": check_offload(info, dense, src, tok, {"dp_shard": 2}),
                "offload_tp2": check_offload(info, dense, src, tok, {"tp": 2}),
+               "offload_sp2": check_offload(info, dense, src, tok, {"sp": 2}),
+               "offload_ep2": check_offload(info, moe, src, tok, {"dp_shard": 2, "ep": 2}),
                "lora_fsdp2": check_lora(info, "fsdp2", {"dp_shard": 2}, dense, SPEC, src, tok, work),
                "lora_sp2": check_lora(info, "sp2", {"sp": 2}, dense, SPEC, src, tok, work),
                "lora_ep2": check_lora(info, "ep2", {"dp_shard": 2, "ep": 2}, moe, MOE_SPEC, src, tok, work)}
