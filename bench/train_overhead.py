@@ -1,6 +1,7 @@
 """Framework overhead: tokens/s of generated/demo.py against a minimal hand-written PyTorch loop.
 
     python bench/train_overhead.py [--steps 20] [--warmup 3] [--repeats 3] [--layouts 1,2]
+    python bench/train_overhead.py --pack dynamic [--tokens 1024] [--model plans/models/tiny-qwen3]
 
 Both train the demo (its settings are read from generated/demo.py: model config, data, batch,
 AdamW, schedule, clipping, seed) for warmup + steps optimizer steps, on one process and with FSDP2
@@ -15,6 +16,12 @@ line. Its batches are precomputed, before the clock starts, with the same loader
 both see the same rows; the losses of the two runs are compared to show it, and the first step's
 gradient norm (a wrong gradient scale would hide from the losses: clipping and AdamW undo it).
 The norms differ by ~2e-5 even so: torch's clip_grad_norm_ sums in fp32, the runtime in float64.
+
+`--pack dynamic` (and `--model`) trains a variant of the demo plan instead: plans/demo.veo with
+`pack = dynamic { tokens = N }`, micro_batch 1 and global_batch 8 (micro-batches of at most N
+tokens, shape (1, L) with L varying from micro-batch to micro-batch: the demo corpus is real
+variable-length text), compiled by `planc compile` into the temporary folder and run as it is; the
+hand loop reads that script's settings and gets the same batches from the same loader.
 
 Only steady-state steps are timed: tokens/s = target tokens of steps warmup+1 .. warmup+steps /
 the wall time between the ends of steps warmup and warmup+steps (from metrics.jsonl for the
@@ -41,19 +48,58 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "generated" / "demo.py"
+DEMO_PLAN = REPO / "plans" / "demo.veo"
 TARGETS = {1: 0.97, 2: 0.95}
 
 
-def demo_settings() -> dict:
-    """The SETTINGS dict of generated/demo.py, read as a literal (nothing is executed)."""
-    tree = ast.parse(DEMO.read_text())
+def demo_settings(script: Path = DEMO) -> dict:
+    """The SETTINGS dict of a generated script (generated/demo.py by default), read as a literal
+    (nothing is executed)."""
+    tree = ast.parse(Path(script).read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "SETTINGS":
             return ast.literal_eval(node.value)
-    raise RuntimeError(f"{DEMO} has no SETTINGS dict")
+    raise RuntimeError(f"{script} has no SETTINGS dict")
+
+
+def variant_plan(pack: str, tokens: int, model: str | None) -> str:
+    """plans/demo.veo's text with dynamic packing (micro_batch 1, global_batch 8 micro-batches of
+    at most `tokens` tokens) and/or another model config; each substitution must hit."""
+    text = DEMO_PLAN.read_text()
+    subs = [('plan "demo"', 'plan "overhead"')]
+    if pack == "dynamic":
+        subs += [("pack      = greedy", f"pack      = dynamic {{ tokens = {tokens} }}"),
+                 ("global_batch = 16  micro_batch = 4", "global_batch = 8  micro_batch = 1")]
+    if model:
+        subs.append(('config    = "plans/models/tiny-llama"', f'config    = "{model}"'))
+    for old, new in subs:
+        if old not in text:
+            raise SystemExit(f"error: {DEMO_PLAN} no longer holds {old!r}; update bench/train_overhead.py")
+        text = text.replace(old, new)
+    return text
+
+
+def compile_variant(plan_text: str, work: Path) -> Path:
+    """Write the plan and compile it with `planc compile`; returns the generated script."""
+    plan, script = work / "overhead.veo", work / "overhead.py"
+    plan.write_text(plan_text)
+    proc = subprocess.run([sys.executable, "-m", "planc", "compile", str(plan), "-o", str(script)],
+                          cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: planc compile {plan} failed:\n{proc.stdout}{proc.stderr}")
+    return script
 
 
 # ------------------------------------------------------------------ the hand-written loop
+
+def process_counters() -> dict:
+    """This process's CPU time (user + system), system time and minor page faults so far: page
+    faults show the allocator handing memory back and forth with the kernel, whatever the load."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu": time.process_time(), "sys": ru.ru_stime, "faults": ru.ru_minflt}
+
 
 def cosine_factor(step, steps, warmup, min_lr):
     """Peak-lr multiplier after `step` completed steps: linear warmup, then cosine to min_lr."""
@@ -70,16 +116,18 @@ def precomputed_batches(s: dict, steps: int, rank: int, world: int):
     grad_accum = s["train.global_batch"] // (s["train.micro_batch"] * world)
     src = Source(name="stdlib", path=s["data.stdlib.path"], format=s["data.stdlib.format"],
                  text=s["data.stdlib.text"])
+    dynamic = {"tokens": s["data.tokens"], "warmup_steps": s["data.warmup_steps"]} if s["data.pack"] == "dynamic" else {}
     loader = build_loader([src], load_tokenizer(s["data.tokenizer"]), max_len=s["data.max_len"],
                           pack=s["data.pack"], micro_batch=s["train.micro_batch"], grad_accum=grad_accum,
                           dp_rank=rank, dp_size=world, seed=s["train.seed"], shuffle=s["data.shuffle"],
-                          log=lambda m: None)
+                          log=lambda m: None, **dynamic)
     it = iter(loader)
     return [next(it) for _ in range(steps)]
 
 
-def hand_worker(steps: int, result: str) -> None:
-    """The minimal loop (run as `python` or under torchrun); rank 0 writes per-step records."""
+def hand_worker(script: Path, steps: int, result: str, keep_memory: bool = False) -> None:
+    """The minimal loop (run as `python` or under torchrun); rank 0 writes per-step records.
+    `keep_memory`: configure malloc as runtime.dist.init does on CPU (runtime.host_memory)."""
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
@@ -90,7 +138,10 @@ def hand_worker(steps: int, result: str) -> None:
 
     from runtime.dist import finish
 
-    s = demo_settings()
+    if keep_memory:
+        from runtime.host_memory import keep_freed_memory
+        keep_freed_memory()
+    s = demo_settings(script)
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         dist.init_process_group("gloo")
@@ -138,7 +189,7 @@ def hand_worker(steps: int, result: str) -> None:
             dist.all_reduce(loss_sum)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         records.append({"loss": loss_sum.item() / n, "grad_norm": norm.item(), "tokens": n,
-                        "elapsed": time.perf_counter() - start, "cpu": time.process_time()})
+                        "elapsed": time.perf_counter() - start, **process_counters()})
     if rank == 0:
         Path(result).write_text(json.dumps(records))
     finish()  # barrier, then destroy (runtime.dist.finish says why)
@@ -146,8 +197,8 @@ def hand_worker(steps: int, result: str) -> None:
 
 # ------------------------------------------------------------------ the generated script, with a CPU clock
 
-def framework_worker(result: str, script_args: list[str]) -> None:
-    """Run generated/demo.py unchanged in this process (as `python` would, or under torchrun),
+def framework_worker(script: Path, result: str, script_args: list[str]) -> None:
+    """Run the generated script unchanged in this process (as `python` would, or under torchrun),
     noting this process's CPU time at each step's log call; rank 0 writes them to `result`.
     The wall-clock figures come from the script's own metrics.jsonl."""
     import runpy
@@ -158,12 +209,12 @@ def framework_worker(result: str, script_args: list[str]) -> None:
     log = runtime.metrics.Metrics.log
 
     def timed_log(self, step, **kw):
-        cpu.append(time.process_time())
+        cpu.append(process_counters())
         return log(self, step, **kw)
 
     runtime.metrics.Metrics.log = timed_log
-    sys.argv = [str(DEMO), *script_args]
-    runpy.run_path(str(DEMO), run_name="__main__")
+    sys.argv = [str(script), *script_args]
+    runpy.run_path(str(script), run_name="__main__")
     if int(os.environ.get("RANK", 0)) == 0:
         Path(result).write_text(json.dumps(cpu))
 
@@ -186,21 +237,22 @@ def launch(script: Path, nproc: int, args, log: Path) -> None:
         raise SystemExit(f"error: {' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
 
 
-def run_framework(nproc: int, total: int, work: Path) -> list[dict]:
+def run_framework(script: Path, nproc: int, total: int, work: Path) -> list[dict]:
     ckpt, cpu = work / "ckpt", work / "cpu.json"
-    launch(Path(__file__), nproc, ["--framework-worker", "--result", cpu, "--",
+    launch(Path(__file__), nproc, ["--framework-worker", "--script", script, "--result", cpu, "--",
                                    "--mesh.dp_shard", nproc, "--train.steps", total, "--checkpoint.every", total,
                                    "--checkpoint.export", "none", "--checkpoint.dir", ckpt], work / "framework.log")
     with open(ckpt / "metrics.jsonl") as f:
         records = [json.loads(line) for line in f if line.strip()]
     for r, c in zip(records, json.loads(cpu.read_text()), strict=True):
-        r["cpu"] = c
+        r.update(c)
     return records
 
 
-def run_hand(nproc: int, total: int, work: Path) -> list[dict]:
+def run_hand(script: Path, nproc: int, total: int, work: Path, keep_memory: bool = False) -> list[dict]:
     result = work / "hand.json"
-    launch(Path(__file__), nproc, ["--hand-worker", "--total", total, "--result", result], work / "hand.log")
+    launch(Path(__file__), nproc, ["--hand-worker", "--script", script, "--total", total, "--result", result,
+                                   *(["--hand-keeps-memory"] if keep_memory else [])], work / "hand.log")
     return json.loads(result.read_text())
 
 
@@ -218,6 +270,11 @@ def median_step(records: list[dict], warmup: int) -> float:
                              for prev, r in zip(records[warmup - 1:], records[warmup:]))
 
 
+def per_step(records: list[dict], warmup: int, key: str) -> float:
+    """Mean increase of a process counter per timed step."""
+    return (records[-1][key] - records[warmup - 1][key]) / (len(records) - warmup)
+
+
 def max_rel_diff(a: list[dict], b: list[dict], key: str) -> float:
     return max(abs(x[key] - y[key]) / abs(y[key]) for x, y in zip(a, b))
 
@@ -228,18 +285,26 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--repeats", type=int, default=3, help="framework/hand pairs per layout")
     ap.add_argument("--layouts", default="1,2", help="process counts, e.g. 1,2")
+    ap.add_argument("--pack", choices=("plan", "dynamic"), default="plan",
+                    help="plan: generated/demo.py as it is; dynamic: the demo plan with pack = dynamic")
+    ap.add_argument("--tokens", type=int, default=1024, help="token budget per micro-batch with --pack dynamic")
+    ap.add_argument("--model", help="another model config directory for the demo plan, e.g. plans/models/tiny-qwen3")
+    ap.add_argument("--hand-keeps-memory", action="store_true",
+                    help="give the hand loop the malloc settings runtime.dist.init applies on CPU "
+                         "(runtime.host_memory), so the ratio is the framework's own cost")
     ap.add_argument("--cpus", help="run everything on these cores, e.g. 2,3 (a quiet part of a big machine)")
     ap.add_argument("--hand-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--framework-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--total", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--script", type=Path, default=DEMO, help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("script_args", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.hand_worker or args.framework_worker:
         sys.path.insert(0, str(REPO))
         if args.hand_worker:
-            return hand_worker(args.total, args.result)
-        return framework_worker(args.result, args.script_args)
+            return hand_worker(args.script, args.total, args.result, args.hand_keeps_memory)
+        return framework_worker(args.script, args.result, args.script_args)
     if args.warmup < 1 or args.steps < 1:
         raise SystemExit("error: --warmup and --steps must be >= 1")
 
@@ -251,16 +316,24 @@ def main() -> None:
         from planc.demo_assets import make_demo_assets
         make_demo_assets(REPO / Path(s["data.stdlib.path"]).parent)
     total = args.warmup + args.steps
-    print(f"demo: {s['model.config']}, global batch {s['train.global_batch']} x {s['data.max_len']} tokens, "
-          f"{args.warmup} warm-up + {args.steps} timed steps per run, OMP_NUM_THREADS=1, "
-          f"on {len(os.sched_getaffinity(0))} of {os.cpu_count()} cores")
+    tmp_root = tempfile.TemporaryDirectory(prefix="train_overhead_")
+    script = DEMO
+    if args.pack != "plan" or args.model:
+        script = compile_variant(variant_plan(args.pack, args.tokens, args.model), Path(tmp_root.name))
+        s = demo_settings(script)
+    batch = (f"{s['train.global_batch']} micro-batches of <= {s['data.tokens']} tokens (pack = dynamic)"
+             if s["data.pack"] == "dynamic" else f"{s['train.global_batch']} x {s['data.max_len']} tokens")
+    print(f"{script.relative_to(REPO) if script == DEMO else 'the demo plan, varied'}: {s['model.config']}, "
+          f"global batch {batch}, {args.warmup} warm-up + {args.steps} timed steps per run, OMP_NUM_THREADS=1, "
+          f"on {len(os.sched_getaffinity(0))} of {os.cpu_count()} cores; hand loop "
+          f"{'with' if args.hand_keeps_memory else 'without'} runtime.host_memory's malloc settings")
     print("ratio = framework / hand: tok/s over the timed window (wall), median of per-step tok/s (wall),\n"
           "tokens per CPU second of rank 0. loss diff: largest relative difference of the per-step losses;\n"
           "gnorm diff: of the first step's gradient norm (later ones drift apart where the loss spikes)")
     print(f"{'layout':<12} {'pair':>4} {'framework tok/s':>16} {'hand tok/s':>11} {'ratio':>6} {'step':>6} "
-          f"{'cpu':>6}  {'loss diff':>9} {'gnorm diff':>10}")
+          f"{'cpu':>6}  {'loss diff':>9} {'gnorm diff':>10}  {'faults/step fw, hand':>20} {'sys ms/step fw, hand':>20}")
     summary = []
-    with tempfile.TemporaryDirectory(prefix="train_overhead_") as tmp:
+    with tmp_root as tmp:
         for nproc in [int(x) for x in args.layouts.split(",")]:
             name = "1 process" if nproc == 1 else f"FSDP2 x {nproc}"
             ratios, step_ratios, cpu_ratios = [], [], []
@@ -269,8 +342,10 @@ def main() -> None:
                 runs = {}
                 for which in (["fw", "hand"] if r % 2 == 0 else ["hand", "fw"]):
                     (work / which).mkdir(parents=True)
-                    run = run_framework if which == "fw" else run_hand
-                    runs[which] = run(nproc, total, work / which)
+                    if which == "fw":
+                        runs[which] = run_framework(script, nproc, total, work / which)
+                    else:
+                        runs[which] = run_hand(script, nproc, total, work / which, args.hand_keeps_memory)
                 if [x["tokens"] for x in runs["fw"]] != [x["tokens"] for x in runs["hand"]]:
                     raise SystemExit("error: the framework and the hand loop saw different batches")
                 fw, hand = (throughput(runs[k], args.warmup) for k in ("fw", "hand"))
@@ -281,7 +356,10 @@ def main() -> None:
                 cpu_ratios.append(fw_cpu / hand_cpu)
                 print(f"{name:<12} {r + 1:>4} {fw:>16,.0f} {hand:>11,.0f} {fw / hand:>6.3f} {step_ratio:>6.3f} "
                       f"{fw_cpu / hand_cpu:>6.3f}  {max_rel_diff(runs['fw'], runs['hand'], 'loss'):>9.1e} "
-                      f"{max_rel_diff(runs['fw'][:1], runs['hand'][:1], 'grad_norm'):>10.1e}", flush=True)
+                      f"{max_rel_diff(runs['fw'][:1], runs['hand'][:1], 'grad_norm'):>10.1e}  "
+                      f"{per_step(runs['fw'], args.warmup, 'faults'):>9,.0f}, {per_step(runs['hand'], args.warmup, 'faults'):>8,.0f} "
+                      f"{1e3 * per_step(runs['fw'], args.warmup, 'sys'):>9.1f}, {1e3 * per_step(runs['hand'], args.warmup, 'sys'):>8.1f}",
+                      flush=True)
             summary.append((name, nproc, {"wall": ratios, "step": step_ratios, "cpu": cpu_ratios}))
     print()
     print("ratio median [min, max] over the pairs")

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from .host_memory import keep_freed_memory
 from .vocab import DEVICES
 
 __all__ = ["DistInfo", "Mesh", "init", "build_mesh", "check_degrees", "finish"]
@@ -38,6 +39,7 @@ def init(device: str = "cpu") -> DistInfo:
 
     Under torchrun the rendezvous comes from its environment; run as plain ``python script.py``
     the world is this one process, with an in-memory store (no port to pick or collide on).
+    A CPU run also keeps freed host memory for reuse (runtime.host_memory: no page faults per step).
     """
     if device not in DEVICES:
         raise SystemExit(f"error: mesh.device must be cpu or cuda, got {device!r}")
@@ -54,6 +56,7 @@ def init(device: str = "cpu") -> DistInfo:
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
+        keep_freed_memory()
     if not dist.is_initialized():
         if under_launcher:
             kwargs = {"device_id": dev} if device == "cuda" else {}

@@ -29,7 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
 __all__ = ["DTYPES", "load_config", "weights_dir", "build_meta", "materialize", "tied_keys",
-           "reset_rotary_buffers", "is_vision_language", "auto_class"]
+           "reset_rotary_buffers", "is_vision_language", "auto_class", "retie"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 
@@ -110,6 +110,20 @@ def tied_keys(model: nn.Module) -> list[str]:
     return sorted(getattr(model, "_tied_weights_keys", None) or ())  # a dict {alias: source} in transformers 5
 
 
+def retie(model: nn.Module) -> None:
+    """Tie the output head to the input embeddings again when the config ties them.
+
+    `to_empty` allocates each module's parameters separately, so on a model that FSDP did not wrap
+    (one process: runtime.parallel.fsdp skips it) the head and the embedding come out as two
+    tensors; the head would then be left uninitialised by safetensors (which hold only the
+    embedding) and train apart from it. FSDP2 keeps the tie itself (then this is a no-op)."""
+    if not getattr(model.config, "tie_word_embeddings", False):
+        return
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and emb is not None and head.weight is not emb.weight:
+        head.weight = emb.weight
+
+
 def reset_rotary_buffers(model: nn.Module, device: torch.device) -> None:
     """Recompute the non-persistent buffers that `to_empty` left uninitialised.
 
@@ -143,6 +157,7 @@ def materialize(model: nn.Module, device: torch.device, *, seed: int, weights: P
     the full model in rank 0's CPU memory: fine for the models random init is used for.)
     """
     model.to_empty(device=device)
+    retie(model)
     if weights is not None:
         load_safetensors(model, weights)
     else:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 __all__ = ["save", "load", "complete_checkpoints", "find_latest", "resolve_resume", "step_of"]
 
@@ -126,7 +126,14 @@ def resolve_resume(resume: str, ckpt_dir) -> Path | None:
     return path
 
 
-def save(ckpt_dir, step: int, *, model, optimizer, scheduler, loader, keep: int | None = None) -> Path:
+def _options(trainable_only: bool) -> StateDictOptions:
+    """`trainable_only` leaves frozen parameters (a LoRA run's base weights) out of checkpoints:
+    they are rebuilt from the weights (or the seed) at start-up, as in the run that saved them."""
+    return StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
+
+
+def save(ckpt_dir, step: int, *, model, optimizer, scheduler, loader, keep: int | None = None,
+         trainable_only: bool = False) -> Path:
     """Write ``<ckpt_dir>/step_<step>`` from all ranks; keep the newest `keep` (None = all)."""
     root = Path(ckpt_dir)
     final = root / f"step_{step}"
@@ -142,7 +149,7 @@ def save(ckpt_dir, step: int, *, model, optimizer, scheduler, loader, keep: int 
     if per_rank:
         # DCP keeps one rank's copy of a non-tensor entry, so per-rank state goes to files
         torch.save(loader.state_dict(), tmp / "loader" / f"rank_{_rank()}.pt")
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(trainable_only))
     state = {"model": model_sd, "optim": optim_sd,
              "train": {"step": step, "scheduler": _blob(scheduler.state_dict()),
                        "loader": b"" if per_rank else _blob(loader.state_dict()),
@@ -161,7 +168,7 @@ def save(ckpt_dir, step: int, *, model, optimizer, scheduler, loader, keep: int 
     return final
 
 
-def load(path, *, model, optimizer, scheduler, loader) -> int:
+def load(path, *, model, optimizer, scheduler, loader, trainable_only: bool = False) -> int:
     """Restore everything `save` wrote (resharding to the current mesh); returns the step.
 
     Each rank takes its own rng file; on a different world size ranks without one keep their
@@ -173,9 +180,10 @@ def load(path, *, model, optimizer, scheduler, loader) -> int:
     path = Path(path)
     train = _load_train(path)
     _check_loader_scope(path, train, loader)
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    options = _options(trainable_only)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
     dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
+    set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=options)
     scheduler.load_state_dict(_unblob(train["scheduler"]))
     if train["loader_scope"] == "rank":
         loader_sd = torch.load(path / "loader" / f"rank_{_rank()}.pt", weights_only=False)

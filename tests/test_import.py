@@ -1,0 +1,191 @@
+"""`planc import` logic: VeOmni YAML configs (written here, both key generations, a mixture YAML,
+command-line overrides) become plans that `planc check` accepts, and every setting that does not
+carry over is reported at its YAML line."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from launch import REPO
+from planc.importer import ImportError_, import_veomni
+
+
+def _write(path, text):
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def _has(text, expected) -> bool:
+    """`expected` in `text`, whatever the column alignment planc fmt chose."""
+    return " ".join(expected.split()) in " ".join(text.split())
+
+
+def _check(tmp_path, text, *extra):
+    plan = tmp_path / "imported.veo"
+    plan.write_text(text)
+    proc = subprocess.run([sys.executable, "-m", "planc", "check", str(plan), *extra], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture
+def sft_yaml(tmp_path, demo_assets):
+    return _write(tmp_path / "qwen3_sft.yaml", f"""
+        model:
+          model_path: {REPO / "plans/models/tiny-qwen3"}
+          tokenizer_path: {demo_assets["tokenizer"]}
+          ops_implementation:
+            attn_implementation: flash_attention_2
+            rms_norm_implementation: liger_kernel
+            cross_entropy_loss_implementation: chunk_loss
+        data:
+          train_path: {demo_assets["chat"]}
+          data_type: conversation
+          chat_template: chatml
+          max_seq_len: 512
+          train_size: 2000000
+          eval_path: {demo_assets["chat"]}
+        train:
+          accelerator:
+            ulysses_size: 2
+            fsdp_config:
+              fsdp_mode: fsdp2
+          gradient_checkpointing:
+            enable: true
+          global_batch_size: 16
+          micro_batch_size: 2
+          optimizer:
+            lr: 1.0e-4
+            lr_decay_style: cosine
+            lr_warmup_ratio: 0.05
+            max_grad_norm: 1.0
+          num_train_epochs: 2
+          init_device: meta
+          checkpoint:
+            output_dir: out/qwen3-sft
+            save_steps: 100
+          wandb:
+            project: VeOmni
+        """)
+
+
+def test_new_generation_sft_config(sft_yaml, tmp_path):
+    r = import_veomni(sft_yaml, ["--train.optimizer.lr", "2e-4", "--train.seed=7"], world=8)
+    text = r.text
+    for expected in ('source "train"', "kind = sft", "chat_template = chatml", "max_len       = 512",
+                     "pack          = dynamic { tokens = 1024 }", "global_batch = 8", "micro_batch  = 1",
+                     "lr = 0.0002", "seed         = 7", "sp ulysses \"model.layers.*.self_attn\"",
+                     "checkpoint \"model.layers.*\"", "mixed_precision { param = bf16  reduce = fp32 }",
+                     "dp_shard = 4", "every  = 100", "rmsnorm  = auto", "fused_ce = torch", "attention = sdpa"):
+        assert _has(text, expected), expected
+    # VeOmni's own step count: epochs x ceil(train_size / (global_batch_size x max_seq_len))
+    assert _has(text, "steps = 490")
+    notes = {n.key: n for n in r.notes}
+    at = {key: n.where for key, n in notes.items()}
+    assert at["data.eval_path"] == f"{sft_yaml}:14:3" and "validation" in notes["data.eval_path"].message
+    assert at["train.wandb.project"] == f"{sft_yaml}:35:5"
+    assert "sdpa" in notes["model.ops_implementation.attn_implementation"].message  # flash + Ulysses
+    assert "train.init_device" in at  # harmless, but still reported
+    for n in r.notes:
+        assert f"#   {n}" in text  # each one is a comment in the plan as well
+    out = _check(tmp_path, text)
+    assert "world 8 = dp_shard 4 x sp 2" in out
+
+
+def test_old_generation_pretrain_moe_config(tmp_path, demo_assets):
+    cfg = _write(tmp_path / "moe.yaml", f"""
+        model:
+          model_path: {REPO / "plans/models/tiny-qwen3-moe"}
+          tokenizer_path: {demo_assets["tokenizer"]}
+          attn_implementation: sdpa
+          moe_implementation: fused
+        data:
+          train_path: {demo_assets["jsonl"]}
+          data_type: plaintext
+          text_keys: text
+          max_seq_len: 256
+          train_size: 1000000
+        train:
+          output_dir: out/moe
+          data_parallel_mode: fsdp1
+          expert_parallel_size: 2
+          global_batch_size: 8
+          micro_batch_size: 1
+          dyn_bsz: false
+          lr: 3.0e-4
+          lr_min: 3.0e-5
+          lr_decay_style: cosine
+          weight_decay: 0.1
+          enable_mixed_precision: false
+          enable_gradient_checkpointing: false
+          save_steps: 0
+          save_hf_weights: false
+          use_wandb: false
+          ckpt_manager: bytecheckpoint
+        """)
+    r = import_veomni(cfg, world=4)
+    text = r.text
+    for expected in ('ep "model.layers.*.mlp.experts"', "dp_shard = 4", "pack      = none", "global_batch = 8",
+                     "min_lr = 0.1", "weight_decay = 0.1", "export = none", "moe = auto", 'text = "text"'):
+        assert _has(text, expected), expected
+    body = text[text.index('plan "'):]  # without the header of notes
+    assert "mixed_precision" not in body and 'checkpoint "' not in body and "every" not in body
+    keys = {n.key for n in r.notes}
+    assert {"train.data_parallel_mode", "train.weight_decay", "train.save_steps", "train.use_wandb",
+            "train.ckpt_manager", "data.train_size"} <= keys
+    _check(tmp_path, text)
+
+
+def test_mixture_yaml_and_ddp(tmp_path, demo_assets):
+    _write(tmp_path / "mix.yaml", f"""
+        sources:
+        - {demo_assets["jsonl"]}
+        - {demo_assets["jsonl"]}
+        names:
+        - code-a
+        - code.b
+        schedule:
+        - schedule_type: const
+          weights: [0.3, 0.7]
+        """)
+    cfg = _write(tmp_path / "mixed.yaml", f"""
+        model:
+          model_path: {REPO / "plans/models/tiny-llama"}
+          tokenizer_path: {demo_assets["tokenizer"]}
+          ops_implementation:
+            attn_implementation: sdpa
+        data:
+          train_path: mix.yaml
+          data_type: plaintext
+          text_keys: text
+          max_seq_len: 128
+        train:
+          accelerator:
+            fsdp_config:
+              fsdp_mode: ddp
+          global_batch_size: 4
+          max_steps: 20
+        """)
+    r = import_veomni(cfg, world=2, name="mixed")
+    assert 'source "code_a"' in r.text and 'source "code_b"' in r.text
+    assert "weight = 0.3" in r.text and "weight = 0.7" in r.text
+    assert "replicate" in r.text and _has(r.text, "dp_replicate = 2") and _has(r.text, "steps = 20")
+    _check(tmp_path, r.text)
+
+
+def test_unreadable_configs_raise_located_errors(tmp_path):
+    with pytest.raises(ImportError_, match="names no model"):
+        import_veomni(_write(tmp_path / "a.yaml", "data:\n  train_path: x.jsonl\n"))
+    with pytest.raises(ImportError_, match="not valid YAML"):
+        import_veomni(_write(tmp_path / "b.yaml", "model: [unclosed\n"))
+    with pytest.raises(ImportError_, match="expected a mapping"):
+        import_veomni(_write(tmp_path / "c.yaml", "- a\n- b\n"))
+    with pytest.raises(ImportError_, match="has no value"):
+        import_veomni(_write(tmp_path / "d.yaml", "model:\n  model_path: m\n"), ["--train.lr"])
+    with pytest.raises(ImportError_, match="data_type 'dpo'"):
+        import_veomni(_write(tmp_path / "e.yaml", "model:\n  model_path: m\ndata:\n  train_path: x\n"
+                                                  "  data_type: dpo\n"), world=2)
