@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from runtime.vocab import SCHEDULES
+
 from .plantext import Block, Word, literal, render
 from .readout import Note, Settings
 from .yamlsrc import Entry, ImportError_, apply_overrides, load_entries
@@ -293,7 +295,7 @@ def import_veomni(path, overrides: Sequence[str] = (), *, name: str | None = Non
         if e is not None and value:
             c.note(e, "planc's decay groups are fixed: >= 2-D parameters decay, 1-D ones do not")
     style, se = c.get("train.optimizer.lr_decay_style", "train.lr_decay_style", default="constant")
-    if style not in ("constant", "linear", "cosine"):
+    if style not in SCHEDULES:
         c.note(se, f"lr_decay_style {style!r} becomes constant")
         style = "constant"
     warm, _ = c.get("train.optimizer.lr_warmup_ratio", "train.lr_warmup_ratio", default=0.0)
