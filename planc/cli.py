@@ -202,9 +202,14 @@ def _add_verify(sub) -> None:
 
 
 def cmd_demo_data(args) -> int:
-    from .demo_assets import make_demo_assets
+    if args.vl:  # real photographs (scikit-image's samples) and a video panned over one of them
+        from .demo_vl_assets import make_vl_demo_assets
 
-    paths = make_demo_assets(args.out)
+        paths = make_vl_demo_assets(args.out or "data/vl_demo")
+    else:
+        from .demo_assets import make_demo_assets
+
+        paths = make_demo_assets(args.out or "data/demo")
     for k, v in paths.items():
         print(f"{k}: {v}")
     return 0
@@ -266,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("demo-data", help="make the demo's corpus and tokenizer", description="Write the "
                        "demo corpus (this Python's own stdlib sources, as jsonl) and train its tokenizer; "
                        "idempotent.")
-    c.add_argument("out", nargs="?", default="data/demo", help="output directory (default data/demo)")
+    c.add_argument("out", nargs="?", help="output directory (default data/demo, or data/vl_demo with --vl)")
+    c.add_argument("--vl", action="store_true", help="the vision-language demo's conversations about real "
+                   "photographs (needs the vl-demo extra: scikit-image), a video, and their tokenizer")
     c.set_defaults(func=cmd_demo_data)
     return ap
 

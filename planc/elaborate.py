@@ -40,16 +40,16 @@ def expand_named_sets(rules: list[Rule], tree: ModelTree) -> tuple[list[Rule], l
         plan = r.options.get("plan")
         name = plan.value if plan is not None else None
         if r.kind == "tp" and name in NAMED:
-            if tree.model_type not in FAMILIES:
+            if tree.text_config.model_type not in FAMILIES:
                 diags.append(Diagnostic(
                     "tp-rules", f"`tp plan = {name}` knows the module names of {', '.join(FAMILIES)}, not of "
                     f"{tree.model_type}", plan.span, "write the tp rules out, or use `tp plan = model`"))
                 continue
-            for style, globs in tp_set(name, lambda g: bool(match(tree, g))):
+            for style, globs in tp_set(name, lambda g: bool(match(tree, g)), tree.language):
                 out.append(Rule("tp", style, [Glob(g, plan.span) for g in globs], {"plan": Setting(None)}, r.span))
             continue
         if r.kind == "ep" and name == "model":
-            globs = ep_globs(tree.config)
+            globs = ep_globs(tree.config, tree.language)
             if not globs:
                 diags.append(Diagnostic(
                     "ep-experts", f"{tree.model_type}'s config has no base_model_ep_plan naming its experts",

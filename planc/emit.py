@@ -106,7 +106,9 @@ def stmt_lines(st: Stmt) -> list[str]:
         line += ("" if line.endswith("(") or not line.strip() else " ") + piece
     lines.append(line)
     lines[0] += comment
-    return out + lines
+    # a multi-line argument (Items) continues at the parenthesis, like the other continuations
+    return out + [part if i == 0 else " " * len(head) + part for line in lines
+                  for i, part in enumerate(line.split("\n"))]
 
 
 def loader_lines(ir: ScriptIR) -> list[str]:

@@ -117,6 +117,8 @@ class ScriptIR:
     moe_aux: bool = False  # an MoE model: its load-balancing loss joins the backward
     kernels: dict[str, str] = field(default_factory=dict)  # op -> settings key
     checkpoint: bool = False
+    modality: str = "text"  # text | vl: the data path, the forward and the export (planc.model_tree.ModelTree.kind)
+    processor_kwargs: list[tuple[str, str]] = field(default_factory=list)  # VL build_processor keyword -> expression
     features: set[str] = field(default_factory=set)  # step kinds, plus "kernels"
 
     def setup(self) -> list[tuple[str, list[Stmt]]]:

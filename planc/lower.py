@@ -7,11 +7,12 @@ import dataclasses
 import os
 import re
 
+from .checks.vision import media_settings
 from .commands import launch
 from .ir import Call, Code, Items, ScriptIR, SettingLine, SourceIR, Stmt
 from .layout import DIMS, Layout
 from .model_tree import num_experts
-from .schema import KERNELS
+from .schema import DATA, KERNELS
 from .steps import build_steps
 
 
@@ -85,15 +86,20 @@ class _Lowering:
                     value = resolved_format(s)
                 self.add(f"data.{s.name}.{f}", value)
             sources.append(SourceIR(s.name, fields))
+        vl = ctx.tree.kind == "vl"
         data_keys = ["data.tokenizer", "data.max_len", "data.pack"]
         if p["data.pack"] == "dynamic":
             data_keys += ["data.tokens", "data.warmup_steps"]
+            if vl and p["data.patches"] is not None:
+                data_keys += ["data.patches"]
         data_keys += ["data.shuffle"]
         if any(s["streaming"] for s in p.sources):
             data_keys += ["data.shuffle_buffer"]
         if sft:
             data_keys += ["data.chat_template", "data.system_prompt", "data.truncation"]
         data_keys += ["data.on_bad_record"]
+        if vl:  # the media settings the plan writes (the others are the model family's own)
+            data_keys += [f"data.{k}" for k in media_settings(p)]
         for k in data_keys:
             self.add(k)
         # train
@@ -104,10 +110,10 @@ class _Lowering:
             self.add("train.min_lr")
         for k in ("train.clip", "train.seed", "train.log_every"):
             self.add(k)
-        moe_aux = _moe_aux_coef(ctx.tree.config) is not None
+        moe_aux = _moe_aux_coef(ctx.tree.text_config) is not None
         if moe_aux:
             coef = p["train.moe_aux_loss"]
-            self.add("train.moe_aux_loss", _moe_aux_coef(ctx.tree.config) if coef is None else coef,
+            self.add("train.moe_aux_loss", _moe_aux_coef(ctx.tree.text_config) if coef is None else coef,
                      None if coef is not None else "model config (router_aux_loss_coef)")
         has_ckpt = "checkpoint" in p.blocks
         output = p["train.output"] or (None if has_ckpt else f"out/{p.name}")
@@ -126,7 +132,7 @@ class _Lowering:
                 if p[f"kernels.{op}"] != "off":
                     self.add(f"kernels.{op}")
                     kernels[op] = f"kernels.{op}"
-        steps = build_steps(p, self.file, ctx.matches)
+        steps = build_steps(p, self.file, ctx.matches, ctx.tree.kind)
         kinds = {s.kind for s in steps}
         tp_sequence = "sequence" in {r.style for r in p.rules if r.kind == "tp"}
         ir = ScriptIR(
@@ -139,7 +145,8 @@ class _Lowering:
             apply_kernels=self.apply_kernels(kernels), kernels=kernels, checkpoint=has_ckpt,
             # with any TP the logits may come out vocab-sharded (a `loss` rule, or the model's own plan):
             # the loop then computes cross-entropy and backward under loss_parallel (a no-op otherwise)
-            tp_loss="tp" in kinds, tp_sequence=tp_sequence, moe_aux=moe_aux, gpus_per_node=p["mesh.gpus_per_node"])
+            tp_loss="tp" in kinds, tp_sequence=tp_sequence, moe_aux=moe_aux, gpus_per_node=p["mesh.gpus_per_node"],
+            modality=ctx.tree.kind)
         return derive(ir)
 
     # the set-up statements the script runs and the dry run executes (planc/ir.py) -----------------
@@ -157,9 +164,18 @@ class _Lowering:
                      ("kernels",), span=span),
                 Stmt(Call("", "info", (Code('f"kernels: {kernels}"'),), via="log"), span=span)]
 
+    def lr_parts(self) -> Items | None:
+        """`lr "glob" scale = x` rules: (glob, x * cfg.train.lr) pairs, each with its plan line."""
+        items = tuple(((g.pattern, Code(f"{float(r.options['scale'].value)!r} * cfg.train.lr")),
+                       f"{self.file}:{r.span.line}") for r in self.plan.rules if r.kind == "lr" for g in r.globs)
+        return Items(items) if items else None
+
     def build_optimizer(self) -> Stmt:
-        call = Call("runtime.optim", "build_optimizer", (Code("model"),), tuple(
-            (k, Code(f"cfg.train.{k}")) for k in ("lr", "weight_decay", "betas", "eps")), via="optim")
+        kwargs = tuple((k, Code(f"cfg.train.{k}")) for k in ("lr", "weight_decay", "betas", "eps"))
+        parts = self.lr_parts()
+        if parts is not None:
+            kwargs += (("parts", parts),)
+        call = Call("runtime.optim", "build_optimizer", (Code("model"),), kwargs, via="optim")
         return Stmt(call, ("optimizer",), span=self.plan.span("train.optimizer"))
 
     def wheres(self) -> dict[str, str]:
@@ -202,12 +218,20 @@ _LOOP_IMPORTS = {"tp_loss": ("runtime.parallel.tp", "loss_context"),
                  "block_mask": ("runtime.parallel.ulysses", "block_causal_mask"),
                  "fused_ce": ("runtime.kernels", "fused_lm_loss_sum")}
 # import lines in this order (a module not named here comes after them, by name)
-_IMPORT_ORDER = ["runtime.kernels", "runtime.parallel.globs", "runtime.parallel.tp", "runtime.parallel.ep",
-                 "runtime.parallel.mesh_ep", "runtime.parallel.ulysses", "runtime.parallel.checkpointing",
+_IMPORT_ORDER = ["runtime.data.multimodal", "runtime.kernels", "runtime.parallel.globs", "runtime.parallel.tp",
+                 "runtime.parallel.ep", "runtime.parallel.mesh_ep", "runtime.parallel.ulysses",
+                 "runtime.parallel.ulysses_vl", "runtime.parts", "runtime.parallel.checkpointing",
                  "runtime.parallel.compile", "runtime.parallel.fsdp", "runtime.parallel.ddp"]
 # build_loader keywords of the data features a plan may use: settings key -> keyword
 _LOADER_KEYS = ("data.tokens", "data.warmup_steps", "data.chat_template", "data.system_prompt", "data.truncation",
                 "data.shuffle_buffer")
+
+# vision-language: the processor's and the VL loader's keywords, and the loop's imports
+_MEDIA = tuple(f"data.{k}" for k in DATA.stmts["media"].body)
+_VL_LOADER_KEYS = ("data.tokens", "data.patches", "data.warmup_steps", "data.system_prompt", "data.truncation")
+_VL_IMPORTS = (("runtime.data.multimodal", "build_processor"), ("runtime.data.multimodal", "build_vl_loader"),
+               ("runtime.data.multimodal", "model_inputs"))
+_VL_SP = ("runtime.parallel.ulysses_vl", "slice_labels")
 
 
 def derive(ir: ScriptIR) -> ScriptIR:
@@ -244,13 +268,20 @@ def derive(ir: ScriptIR) -> ScriptIR:
     for _, stmts in ir.setup():
         for st in stmts:
             walk(st.call)
-    flags = {"tp_loss": ir.tp_loss, "sp": "sp" in kinds, "block_mask": ir.block_mask, "fused_ce": "fused_ce" in ir.kernels}
+    flags = {"tp_loss": ir.tp_loss, "sp": "sp" in kinds and ir.modality == "text", "block_mask": ir.block_mask, "fused_ce": "fused_ce" in ir.kernels}
     for flag, (module, name) in _LOOP_IMPORTS.items():
         if flags[flag]:
             need(module, name)
+    if ir.modality == "vl":
+        for module, name in _VL_IMPORTS + ((_VL_SP,) if "sp" in kinds else ()):
+            need(module, name)
     rank = {m: i for i, m in enumerate(_IMPORT_ORDER)}
     ir.imports = {m: sorted(names[m]) for m in sorted(names, key=lambda m: (rank.get(m, len(rank)), m))}
-    ir.loader_kwargs = [(k.split(".")[1], f"cfg.{k}") for k in _LOADER_KEYS if k in keys]
+    if ir.modality == "vl":  # the processor renders conversations and media; the VL loader packs them
+        ir.processor_kwargs = [(k.split(".")[1], f"cfg.{k}") for k in ("data.chat_template", *_MEDIA) if k in keys]
+        ir.loader_kwargs = [(k.split(".")[1], f"cfg.{k}") for k in _VL_LOADER_KEYS if k in keys]
+    else:
+        ir.loader_kwargs = [(k.split(".")[1], f"cfg.{k}") for k in _LOADER_KEYS if k in keys]
     # rows must split evenly over the ranks that shard the sequence (Ulysses, sequence-parallel TP)
     parts = (["cfg.mesh.sp"] if "sp" in kinds else []) + (["cfg.mesh.tp"] if ir.tp_sequence else [])
     ir.pad_multiple = " * ".join(parts)

@@ -30,10 +30,22 @@ class ModelTree:
     tied: list[tuple[str, ...]] = field(default_factory=list)  # parameters that share storage
     has_weights: bool = False
     model: object = None  # the meta-device module itself
+    language: str = "model"  # the language model's module ("model.language_model" in a VL model)
+    vision: str | None = None  # the vision tower's module ("model.visual"), None in a text model
 
     @property
     def model_type(self) -> str:
         return getattr(self.config, "model_type", "?")
+
+    @property
+    def text_config(self):
+        """The language model's config (the config itself for a text model)."""
+        return self.config.get_text_config()
+
+    @property
+    def kind(self) -> str:
+        """text | vl: which data path, loop and export the model takes."""
+        return "vl" if self.vision is not None else "text"
 
     @property
     def n_params(self) -> int:
@@ -104,17 +116,20 @@ def load_config(path: str | Path):
 @lru_cache(maxsize=8)
 def _tree_cached(path: str, attention: str) -> ModelTree:
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from runtime.model import auto_class
 
     config = load_config(path)
+    cls = auto_class(config)
     try:
         # the module tree does not depend on the attention kernel, and flash_attention_2 need not be
         # installed where a plan is checked: build with sdpa
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+            model = cls.from_config(config, attn_implementation="sdpa")
     except Exception as e:
-        raise ModelLoadError(f"cannot build a causal LM from {path}: {_first_line(e)}",
-                             "the config must describe a model AutoModelForCausalLM knows") from None
+        raise ModelLoadError(f"cannot build a model from {path}: {_first_line(e)}",
+                             f"the config must describe a model {cls.__name__} knows (a causal LM, or a "
+                             "vision-language model with a vision_config)") from None
     modules, types, direct = [], {}, {}
     for name, mod in model.named_modules(remove_duplicate=False):
         if name in types:
@@ -132,7 +147,12 @@ def _tree_cached(path: str, attention: str) -> ModelTree:
         has_weights = paths.has_match(config_dir(path), "*.safetensors")
     except PathError:
         has_weights = False
-    return ModelTree(config, Path(path), modules, types, direct, numel, shape, tied, has_weights, model)
+    names = {id(m): n for n, m in model.named_modules()}
+    language = names.get(id(model.get_decoder()), "model")
+    visual = getattr(getattr(model, "model", None), "visual", None)
+    vision = names.get(id(visual)) if visual is not None else None
+    return ModelTree(config, Path(path), modules, types, direct, numel, shape, tied, has_weights, model,
+                     language, vision)
 
 
 def load_tree(path: str | Path, attention: str = "sdpa") -> ModelTree:

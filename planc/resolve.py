@@ -406,6 +406,10 @@ class _Resolver:
             if v is not _BAD:
                 flags[o.key] = Setting(v, o.value.span, o.span)
         for name, key in sspec.options.items():
+            if key.required and name not in flags:
+                self.err("missing-key", f"`{st.name}` needs `{name} = ...` ({key.doc})", st.span,
+                         f"e.g. `{st.name} \"model.visual\"  {name} = 0.1`")
+                return
             flags.setdefault(name, Setting(key.default))
         if sspec.args in ("globs", "style+globs") and not globs and flags.get("plan", Setting(None)).value is None:
             self.err("statement-args", f"`{st.name}` needs at least one module glob", st.span,

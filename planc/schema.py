@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from runtime.vocab import (
-    ATTENTIONS, BAD_RECORD_POLICIES, CHAT_TEMPLATES, DEVICES, DTYPES, KERNEL_BACKENDS, KERNEL_OPS, PACKS, SCHEDULES,
+    ANY_CHAT_TEMPLATE, ATTENTIONS, BAD_RECORD_POLICIES, DEVICES, DTYPES, KERNEL_BACKENDS, KERNEL_OPS, PACKS, SCHEDULES,
     SOURCE_FORMATS, SOURCE_KINDS, TP_STYLES, TRUNCATIONS,
 )
 
@@ -86,6 +86,8 @@ _SCHEDULE = _keys(
 _DYNAMIC = _keys(
     Key("tokens", "int", REQUIRED, "token budget of one micro-batch", min=1),
     Key("warmup_steps", "int", 0, "steps over which the budget grows to `tokens`", min=0),
+    Key("patches", "int", None, "vision-language: vision patches one micro-batch may hold (default: no limit; "
+        "at least one merged 2x2 group, the smallest image)", min=4),
 )
 
 MODEL = BlockSpec("model", "the model: an HF config (and optionally weights)", _keys(
@@ -130,6 +132,24 @@ PARALLELIZE = BlockSpec("parallelize", "rules over module-name globs", stmts=Map
     "sp": StmtSpec("sp", "Ulysses sequence parallelism over attention modules", "style+globs", ("ulysses",)),
 }))
 
+# runtime/data/multimodal/media.py MediaSettings: the settings a plan may give (patch and merge sizes come
+# from the model's vision config); tests/test_vl_plan.py ties the two lists together
+_MEDIA = _keys(
+    Key("min_pixels", "int", None, "smallest image area in pixels (smaller images are upscaled)", min=1,
+        setting="data.min_pixels"),
+    Key("max_pixels", "int", None, "largest image area in pixels (larger images are downscaled)", min=1,
+        setting="data.max_pixels"),
+    Key("video_fps", "float", None, "video frames sampled per second", above=0, setting="data.video_fps"),
+    Key("video_min_frames", "int", None, "fewest frames sampled from a video", min=1, setting="data.video_min_frames"),
+    Key("video_max_frames", "int", None, "most frames sampled from a video", min=1, setting="data.video_max_frames"),
+    Key("video_min_pixels", "int", None, "smallest area of a video frame", min=1, setting="data.video_min_pixels"),
+    Key("video_max_pixels", "int", None, "largest area of a video frame", min=1, setting="data.video_max_pixels"),
+    Key("video_max_total_pixels", "int", None, "most pixels of all a video's sampled frames together", min=1,
+        setting="data.video_max_total_pixels"),
+    Key("video_max_seconds", "float", None, "longest video (a longer one is a bad record)", above=0,
+        setting="data.video_max_seconds"),
+)
+
 _SOURCE = _keys(
     Key("path", "path", REQUIRED, "file, directory or glob"),
     Key("format", "enum", None, "file format (default: from the extension)",
@@ -147,12 +167,15 @@ DATA = BlockSpec("data", "what to train on", _keys(
         options=MappingProxyType({"dynamic": _DYNAMIC})),
     Key("shuffle", "bool", True, "shuffle each epoch (seeded)"),
     Key("shuffle_buffer", "int", 10000, "shuffle buffer of streaming sources", min=1),
-    Key("chat_template", "enum", "tokenizer", "template for sft sources", choices=CHAT_TEMPLATES),
+    Key("chat_template", "enum", "tokenizer", "template for sft sources (chatml: text models; qwen_vl: vision-language models)",
+        choices=ANY_CHAT_TEMPLATE),
     Key("system_prompt", "str", None, "system message prepended to sft conversations"),
     Key("truncation", "enum", "right", "sft samples longer than max_len", choices=TRUNCATIONS),
     Key("on_bad_record", "enum", "skip", "skip (counted and reported) or fail", choices=BAD_RECORD_POLICIES),
 ), stmts=MappingProxyType({
     "source": StmtSpec("source", "a data source", "label", body=_SOURCE),
+    "media": StmtSpec("media", "vision-language: how images and videos are processed (each key defaults to "
+                      "the model family's own value)", body=_MEDIA, once=True),
 }), required=True)
 
 TRAIN = BlockSpec("train", "the optimisation", _keys(
@@ -172,6 +195,11 @@ TRAIN = BlockSpec("train", "the optimisation", _keys(
     Key("moe_aux_loss", "float", None, "MoE load-balancing loss weight (default: the config's router_aux_loss_coef)",
         min=0),
 ), stmts=MappingProxyType({
+    "freeze": StmtSpec("freeze", "no gradient and no optimizer state for the matching modules' parameters "
+                       "(e.g. a vision tower)", "globs"),
+    "lr": StmtSpec("lr", "the matching modules' parameters at their own learning rate: `scale` times the "
+                   "optimizer's lr", "globs", options=_keys(Key("scale", "float", REQUIRED,
+                                                                 "factor on train.lr", above=0))),
     "mixed_precision": StmtSpec("mixed_precision", "FSDP2 compute and gradient-reduce dtypes", body=_keys(
         Key("param", "enum", "fp32", "compute dtype of gathered parameters", choices=DTYPES,
             setting="train.param_dtype"),

@@ -25,6 +25,7 @@ class Rules:
     file: str  # the plan's basename, for `# demo.veo:12` comments
     kinds: set  # every rule kind the plan uses
     modules: dict  # id(rule) -> module names its globs match
+    model_kind: str = "text"  # text | vl (planc.model_tree.ModelTree.kind)
 
     def where(self, rule) -> str:
         return f"{self.file}:{rule.span.line}"
@@ -84,9 +85,21 @@ def ep(r: Rules) -> list[Step]:
 
 
 def sp(r: Rules) -> list[Step]:
+    if r.model_kind == "vl":
+        stmts = [Stmt(Call("runtime.parallel.ulysses_vl", "apply_ulysses_vl",
+                           (Code("model"), Code("mesh.sp"), _expand(r.globs()))), where=r.lines())]
+        why = ("Ulysses on the language model: every sp rank encodes the whole row's images, then keeps its "
+               "slice of the sequence before the first decoder layer; parameters are untouched")
+        return [r.step(why, stmts)]
     stmts = [Stmt(Call("runtime.parallel.ulysses", "apply_ulysses",
                        (Code("model"), Code("mesh.sp"), _expand(r.globs()))), where=r.lines())]
     why = "Ulysses swaps the attention function (all-to-all around it); parameters are untouched"
+    return [r.step(why, stmts)]
+
+
+def freeze(r: Rules) -> list[Step]:
+    stmts = [Stmt(Call("runtime.parts", "freeze", (Code("model"), r.globs())), where=r.lines())]
+    why = "freeze before FSDP wraps the units: frozen parameters get no gradient, reduction or optimizer state"
     return [r.step(why, stmts)]
 
 
@@ -128,15 +141,18 @@ def replicate(r: Rules) -> list[Step]:
 
 
 # kind -> builder, in the one order that composes
-STEPS = {"tp": tp, "ep": ep, "sp": sp, "checkpoint": checkpoint, "compile": compile_, "fsdp": fsdp,
-         "replicate": replicate}
+STEPS = {"tp": tp, "ep": ep, "sp": sp, "freeze": freeze, "checkpoint": checkpoint, "compile": compile_,
+         "fsdp": fsdp, "replicate": replicate}
 ORDER = list(STEPS)
+# rule kinds that are not set-up steps: they shape the optimizer (planc/lower.py)
+OPTIMIZER_RULES = {"lr"}
 # the steps that spread the model or its data over ranks (a one-process reference drops them)
 PARALLEL = {"tp", "ep", "sp", "fsdp", "replicate"}
 
 
-def build_steps(plan, file: str, matches: dict) -> list[Step]:
-    """The plan's parallelize steps in ORDER. `matches`: (rule index, glob index) -> module names."""
+def build_steps(plan, file: str, matches: dict, model_kind: str = "text") -> list[Step]:
+    """The plan's parallelize steps in ORDER. `matches`: (rule index, glob index) -> module names;
+    `model_kind`: text | vl (the model tree's kind)."""
     modules = {}
     for i, rule in enumerate(plan.rules):
         names: list[str] = []
@@ -144,12 +160,12 @@ def build_steps(plan, file: str, matches: dict) -> list[Step]:
             names += [n for n in matches.get((i, j), []) if n not in names]
         modules[id(rule)] = names
     kinds = {r.kind for r in plan.rules}
-    unknown = kinds - set(STEPS)
+    unknown = kinds - set(STEPS) - OPTIMIZER_RULES
     if unknown:
         raise ValueError(f"no parallelize step for rule kinds {sorted(unknown)}")
     out: list[Step] = []
     for kind in ORDER:
         rules = [r for r in plan.rules if r.kind == kind]
         if rules:
-            out += STEPS[kind](Rules(kind, rules, file, kinds, modules))
+            out += STEPS[kind](Rules(kind, rules, file, kinds, modules, model_kind))
     return out

@@ -40,7 +40,7 @@ def freeze(model: nn.Module, patterns) -> list[str]:
 
 
 def lr_groups(model: nn.Module, lr: float, weight_decay: float, parts=()) -> list[dict]:
-    """AdamW parameter groups: per part (glob, lr) in order, then the rest at `lr`; each split into
+    """AdamW parameter groups: the rest at `lr` first, then per part (glob, lr); each split into
     decayed (>= 2-D) and not decayed (1-D) parameters. Empty groups are left out."""
     owners = [(_owners(model, glob, "lr"), float(part_lr)) for glob, part_lr in parts]
     groups: dict[tuple[float, bool], list] = {}
@@ -49,5 +49,7 @@ def lr_groups(model: nn.Module, lr: float, weight_decay: float, parts=()) -> lis
             continue
         rate = next((r for modules, r in owners if _under(name, modules)), float(lr))
         groups.setdefault((rate, param.ndim >= 2), []).append(param)
-    return [{"params": ps, "lr": rate, "weight_decay": weight_decay if decay else 0.0}
-            for (rate, decay), ps in groups.items()]
+    # the base rate's groups first: a log line reads the first group's rate as "the" learning rate
+    order = sorted(groups, key=lambda k: k[0] != float(lr))
+    return [{"params": groups[(rate, decay)], "lr": rate, "weight_decay": weight_decay if decay else 0.0}
+            for rate, decay in order]

@@ -372,8 +372,8 @@ def _render(name: str, plan: dict) -> str:
                 if key == "sources":
                     for src, body in value.items():
                         out.append(f"  source {json.dumps(src)} {{ " + "  ".join(f"{k} = {v}" for k, v in body.items()) + " }")
-                elif key == "mixed_precision":
-                    out.append(f"  mixed_precision {value}")
+                elif block in S.BLOCKS and key in S.BLOCKS[block].stmts:  # a statement with a body
+                    out.append(f"  {key} {value}")
                 else:
                     out.append(f"  {key} = {value}")
         out.append("}")

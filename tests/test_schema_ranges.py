@@ -52,12 +52,18 @@ def _schedule(**kw):
         sched.step()
 
 
-def _loader(pack="greedy", max_len=8, micro_batch=1, grad_accum=1, tokens=None, warmup_steps=0, weights=(1.0,)):
+def _loader(pack="greedy", max_len=8, micro_batch=1, grad_accum=1, tokens=None, warmup_steps=0, weights=(1.0,),
+            patches=None):
     """One step of the runtime's loader over small synthetic documents (cut at max_len, as
-    runtime.data.kinds cuts real ones)."""
+    runtime.data.kinds cuts real ones); with `patches`, every other document holds one image of
+    one merged 2x2 patch group (the least a VL image can be)."""
     from runtime.data.kinds import DocStore, shifted_labels
     from runtime.data.loader import loader_from_orders
     from runtime.data.mixture import MapOrder
+
+    class WithImages(MapOrder):
+        def patches(self, d):
+            return 4 * (d % 2)
 
     orders = []
     for i, _ in enumerate(weights):
@@ -65,11 +71,28 @@ def _loader(pack="greedy", max_len=8, micro_batch=1, grad_accum=1, tokens=None, 
         for d in range(40):
             ids = np.arange(min(max_len, 3 + d % 5), dtype=np.int32) + 1  # documents are cut at max_len
             store.add(ids, shifted_labels(ids), d)
-        orders.append(MapOrder(store, 0, i))
+        orders.append((MapOrder if patches is None else WithImages)(store, 0, i))
     loader = loader_from_orders(orders, list(weights), pack=pack, max_len=max_len, micro_batch=micro_batch,
-                                grad_accum=grad_accum, tokens=tokens, warmup_steps=warmup_steps)
+                                grad_accum=grad_accum, tokens=tokens, warmup_steps=warmup_steps, patches=patches)
     step = next(iter(loader))
     assert len(step) == grad_accum
+
+
+def _media(**kw):
+    """The image and video geometry a processor with these settings computes (the others at the
+    family's defaults, ordered as `vl-media` requires)."""
+    from runtime.data.multimodal.media import MediaSettings, resized
+    from runtime.data.multimodal.video import frame_size, sample_indices
+
+    s = MediaSettings(**kw)
+    h, w = resized(40, 90, s.factor, min(s.min_pixels, s.max_pixels), s.max_pixels)
+    assert h > 0 and w > 0 and h % s.factor == 0 and w % s.factor == 0
+    low, high = min(s.video_min_frames, s.video_max_frames), max(s.video_min_frames, s.video_max_frames)
+    s = MediaSettings(**{**kw, "video_min_frames": low, "video_max_frames": high})
+    frames = sample_indices(60, 30.0, s)
+    assert 0 < len(frames) <= max(high, s.temporal_patch_size)
+    h, w = frame_size(40, 90, len(frames), s)
+    assert h > 0 and w > 0
 
 
 def _seed(v):
@@ -149,6 +172,11 @@ CONSUMERS = {
     "train.min_lr": lambda v: _schedule(min_lr=v),
     "train.clip": lambda v: __import__("runtime.optim", fromlist=["x"]).clip_grad_norm(
         [p for p in _optimizer().param_groups[0]["params"]], v),
+    "train.lr.scale": lambda v: _optimizer(parts=[("1", 1e-3 * v)]),
+    "data.patches": lambda v: _loader(max_len=8, micro_batch=2, patches=v),
+    **{f"data.{k}": (lambda k: lambda v: _media(**{k: v}))(k) for k in (
+        "min_pixels", "max_pixels", "video_fps", "video_min_frames", "video_max_frames", "video_min_pixels",
+        "video_max_pixels", "video_max_total_pixels", "video_max_seconds")},
     "train.seed": _seed,
     "train.log_every": "metrics",
     "train.moe_aux_loss": lambda v: float(v) * torch.tensor(0.5, requires_grad=True),
@@ -239,6 +267,11 @@ def _plan_with(ws, setting, key, where, value_text) -> tuple[str, str]:
     if kind == "option" and where[1] == "pack":
         return text.replace("pack      = greedy", f"pack = dynamic {{ tokens = 64  {assign} }}" if name != "tokens"
                             else f"pack = dynamic {{ {assign} }}"), assign
+    if kind == "body" and where[1] == "media":
+        return text.replace("  max_len   = 64\n", f"  max_len   = 64\n  media {{ {assign} }}\n"), assign
+    if kind == "rule" and where[1] == "lr":
+        line = "  steps = 10  global_batch = 8  micro_batch = 2\n"
+        return text.replace(line, f'{line}  lr "model.layers.*" {assign}\n'), assign
     if kind == "body" and where[1] == "source":
         return text.replace('text = "text" }', f'text = "text"  {assign} }}'), assign
     raise AssertionError(f"no way to write {setting} into the base plan ({where})")

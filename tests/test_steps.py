@@ -30,6 +30,9 @@ KINDS = {
                      ('fsdp       "model.layers.*"  reshard_after_forward', "replicate\n  tp plan = model")],
     "two_fsdp_rules": [('fsdp       "model.layers.*"  reshard_after_forward',
                         'fsdp "model.layers.*"  reshard_after_forward\n  fsdp "model.embed_tokens"  reshard_after_forward')],
+    "freeze_and_lr": [("  steps = 10  global_batch = 8  micro_batch = 2\n",
+                       '  steps = 10  global_batch = 8  micro_batch = 2\n  freeze "model.layers.0"\n'
+                       '  lr "model.layers.1" scale = 0.5\n')],
     "ep_two_rules": [("/llama", "/moe"), ("dp_shard = 2", "dp_shard = 2  ep = 2"),
                      ('checkpoint "model.layers.*"', 'ep "model.layers.0.mlp.experts"\n  ep "model.layers.1.mlp.experts"')],
 }

@@ -178,7 +178,7 @@ def test_the_schema_offers_what_the_runtime_implements():
     assert _choices("data", "format", "source") == V.SOURCE_FORMATS
     assert _choices("data", "kind", "source") == V.SOURCE_KINDS
     assert _choices("data", "pack") == V.PACKS
-    assert _choices("data", "chat_template") == V.CHAT_TEMPLATES
+    assert _choices("data", "chat_template") == V.ANY_CHAT_TEMPLATE
     assert _choices("data", "truncation") == V.TRUNCATIONS
     assert _choices("data", "on_bad_record") == V.BAD_RECORD_POLICIES
     assert _choices("train", "schedule") == V.SCHEDULES
@@ -197,6 +197,9 @@ def test_the_runtime_implements_its_vocabulary():
         chat_template = "{{ messages }}"
 
     assert all(template_for(Tok(), name) for name in V.CHAT_TEMPLATES)
+    from runtime.data.multimodal.template import template_for as vl_template_for
+
+    assert all(vl_template_for(Tok(), name) for name in V.VL_CHAT_TEMPLATES)
 
 
 _VOCAB = {name: value for name, value in vars(V).items() if isinstance(value, tuple)}

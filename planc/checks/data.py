@@ -6,7 +6,7 @@ import functools
 import json
 from pathlib import Path
 
-from runtime.vocab import SOURCE_FORMATS
+from runtime.vocab import CHAT_TEMPLATES, SOURCE_FORMATS
 
 from .. import paths
 from ..diagnostics import elide
@@ -26,6 +26,11 @@ RULES = {
 }
 
 PEEK = 5
+
+
+def is_vl(ctx) -> bool:
+    """A vision-language model: its sources are conversations with media (planc/checks/vision.py)."""
+    return ctx.tree is not None and ctx.tree.kind != "text"
 
 
 def runtime_source(src):
@@ -67,7 +72,7 @@ def check(ctx) -> None:
         ctx.error("pack-budget", f"a budget of {p['data.tokens']} tokens cannot hold one {max_len}-token sample",
                   p.span("data.tokens"), f"use tokens >= {max_len} (max_len)")
     if ctx.tree is not None:
-        mpe = getattr(ctx.tree.config, "max_position_embeddings", None)
+        mpe = getattr(ctx.tree.text_config, "max_position_embeddings", None)
         table = _position_table(ctx.tree.model)
         if table is not None and max_len > table:
             ctx.error("max-len", f"max_len ({max_len}) exceeds the {table} positions of the model's learned "
@@ -77,7 +82,7 @@ def check(ctx) -> None:
             ctx.warn("max-len", f"max_len ({max_len}) exceeds the model's max_position_embeddings ({mpe})",
                      p.span("data.max_len"), f"use max_len <= {mpe}, or extend the rotary scaling in the config")
     refused = any(d.severity == "error" and (d.rule in RULES or i >= first) for i, d in enumerate(ctx.diags))
-    if not ctx.skip_files and p.sources and not refused:
+    if not ctx.skip_files and p.sources and not refused and not is_vl(ctx):
         ctx.data_estimate = _mixture(ctx)
     if not p.sources and "data" in p.blocks:
         ctx.error("data-source", "the data block names no source", p.blocks["data"],
@@ -162,6 +167,8 @@ def _check_source(ctx, src) -> None:
             else "fix the record, or set on_bad_record = skip")
         if not good:
             return
+    if is_vl(ctx):  # conversations with media: the vision pass renders them as training will
+        return
     field = src["messages"] if src["kind"] == "sft" else src["text"]
     key = "messages" if src["kind"] == "sft" else "text"
     if not any(field in r.value for r in good):
@@ -207,10 +214,17 @@ def _check_tokenizer(ctx) -> None:
         ctx.error("tokenizer", f"cannot use {elide(path)} as a tokenizer directory: {e}", span, fix)
         return
     if ctx.tree is not None and vocab:
-        model_vocab = getattr(ctx.tree.config, "vocab_size", None)
+        model_vocab = getattr(ctx.tree.text_config, "vocab_size", None)
         if model_vocab and vocab > model_vocab:
             ctx.error("vocab-size", f"the tokenizer has {vocab} tokens but the model's embedding has {model_vocab}",
                       span, f"raise vocab_size in the config to at least {vocab}, or use the model's own tokenizer")
+    if is_vl(ctx):  # the vision pass checks the template the processor uses
+        return
+    if p["data.chat_template"] not in CHAT_TEMPLATES:
+        ctx.error("chat-template", f"chat_template = {p['data.chat_template']} is for vision-language models; "
+                  f"this model is a text model", p.value_span("data.chat_template"),
+                  f"use one of {', '.join(CHAT_TEMPLATES)}")
+        return
     if any(s["kind"] == "sft" for s in p.sources) and p["data.chat_template"] == "tokenizer" and not template:
         src = next(s for s in p.sources if s["kind"] == "sft")
         ctx.error("chat-template", f"source {src.name!r} is sft, but the tokenizer at {path} has no chat template",

@@ -46,7 +46,22 @@ def check(ctx) -> None:
             ctx.matches[(i, j)] = names
             if not names:
                 ctx.error("glob-unmatched", f"{g.pattern!r} matches no module of {ctx.tree.model_type}", g.span,
-                          _nearest_glob(g.pattern, ctx.tree.modules))
+                          _language_hint(ctx.tree, g.pattern) or _nearest_glob(g.pattern, ctx.tree.modules))
+
+
+def _language_hint(tree, pattern: str) -> str | None:
+    """A text model's glob in a vision-language plan: where its modules are in this model."""
+    if tree.language == "model" or not pattern.startswith("model."):
+        return None
+    moved = tree.language + pattern[len("model"):]
+    try:
+        found = match(tree, moved)
+    except ValueError:
+        return None
+    if found:
+        return (f"the language model of {tree.model_type} is `{tree.language}`: write {moved!r} "
+                f"({len(found)} module{'s' * (len(found) != 1)})")
+    return None
 
 
 def _glob_problem(pattern: str) -> str | None:

@@ -81,7 +81,7 @@ def check(ctx) -> None:
                  f"use max_len = {max_len // split_row * split_row or split_row}")
 
     # ep --------------------------------------------------------------------------------------
-    n_exp = num_experts(ctx.tree.config)
+    n_exp = num_experts(ctx.tree.text_config)
     if ep > 1 and not ep_rules:
         ctx.error("ep-rules", f"ep = {ep}, but no `ep` rule names the experts", p.span("mesh.ep"),
                   'add `ep "model.layers.*.mlp.experts"`')
@@ -112,7 +112,7 @@ def sliding_window(config) -> int | None:
 def _sliding_window(ctx, sp_rules, seq: bool) -> None:
     """Ulysses and sequence-parallel TP hand attention a block-causal mask over the whole row (built
     from the positions): a sliding window would be silently dropped once rows outgrow it."""
-    window = sliding_window(ctx.tree.config)
+    window = sliding_window(ctx.tree.text_config)
     max_len = ctx.plan["data.max_len"]  # documents are at most max_len; the mask stops at their ends
     if window is None or max_len <= window:
         return
@@ -174,7 +174,7 @@ def _sp_heads(ctx, assigned, tp: int, sp: int) -> None:
     """Ulysses scatters the heads each tp rank holds (runtime.parallel.ulysses.check_heads)."""
     from runtime.parallel.ulysses import check_heads, is_attention, local_heads
 
-    model, cfg = ctx.tree.model, ctx.tree.config
+    model, cfg = ctx.tree.model, ctx.tree.text_config
     heads = cfg.num_attention_heads
     kv_default = getattr(cfg, "num_key_value_heads", None) or heads
     seen = set()
@@ -288,7 +288,8 @@ def _coverage(ctx, tp_rules, sp_rules, ep_rules, n_exp, assigned, tp_errors: boo
             ctx.error("ep-cover", f"`ep` leaves {missing[0]!r} (and {len(missing) - 1} more) unsharded: tokens "
                       "are dispatched in every MoE layer", ep_rules[0].span, f'cover them all: `ep "{_shape(missing[0])}"`')
     if sp_rules:
-        attn = [n for n, m in model.named_modules() if is_attention(m)]
+        # the language model's attention (a vision tower keeps its own: every sp rank sees whole images)
+        attn = [n for n, m in model.named_modules() if is_attention(m) and n.startswith(tree.language + ".")]
         for rule, names in ctx.rule_modules("sp"):
             other = [m for m in names if m not in attn]
             if other:

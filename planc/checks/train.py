@@ -16,7 +16,7 @@ def check(ctx) -> None:
     if aux is not None and aux.written and ctx.tree is not None:
         from ..model_tree import num_experts
 
-        if not (num_experts(ctx.tree.config) and hasattr(ctx.tree.config, "router_aux_loss_coef")):  # as lower.py
+        if not (num_experts(ctx.tree.text_config) and hasattr(ctx.tree.text_config, "router_aux_loss_coef")):  # as lower.py
             ctx.warn("moe-aux-loss", f"moe_aux_loss has no effect: {ctx.tree.model_type} has no MoE router with a "
                      "load-balancing loss", p.span("train.moe_aux_loss"), "drop it")
     if p["train.global_batch"] is None or p["train.micro_batch"] is None:

@@ -128,7 +128,7 @@ def traffic(ctx) -> list[Collective]:
     c = w.compute
     T = w.tokens / u  # tokens this rank holds outside attention
     ckpt = checkpointed_layers(ctx)
-    cfg = tree.config
+    cfg = tree.text_config
     acc: dict[tuple, list] = {}
 
     def add(axis, op, what, calls, nbytes, group, expected=False):

@@ -97,7 +97,7 @@ def shared_parts(ctx, params=None) -> tuple[dict[str, float], dict[str, float], 
     attention = plan["model.attention"]
     acts, peak, terms = 0.0, 0.0, {}
     for i, layer in enumerate(layer_prefixes(tree)):
-        L = shape_of(tree.config, tree, i, attention)
+        L = shape_of(tree.text_config, tree, i, attention)
         kw = dict(t=t if styles else 1, seq_tp=seq_tp, u=u)
         full = layer_bytes(L, w.seq, w.rows, c, **kw)
         if not terms:
@@ -109,11 +109,11 @@ def shared_parts(ctx, params=None) -> tuple[dict[str, float], dict[str, float], 
             peak = max(peak, full)
         else:
             acts += full
-    h = tree.config.hidden_size
+    h = tree.text_config.hidden_size
     rep = t if seq_tp else 1
-    rotary = rotary_bytes(shape_of(tree.config, tree, 0, attention), w.seq, w.rows, c, u=u)
+    rotary = rotary_bytes(shape_of(tree.text_config, tree, 0, attention), w.seq, w.rows, c, u=u)
     parts["activations"] = acts + peak + rotary + 2 * c * w.tokens * h / rep / u
-    vocab = tree.config.vocab_size
+    vocab = tree.text_config.vocab_size
     head_style = styles.get("lm_head")
     v_local = vocab / t if head_style == "loss" else vocab
     tokens = w.tokens / u

@@ -24,6 +24,7 @@ class ParamLayout:
     unit: str | None = None  # the FSDP unit that shards it ("" = root), None without FSDP
     style: str | None = None  # its tp style, if any
     expert: bool = False  # expert-parallel
+    frozen: bool = False  # a `freeze` rule's: no gradient and no optimizer state
 
 
 def chunk(n: int, k: int, i: int) -> int:
@@ -75,7 +76,7 @@ def tp_styles(ctx) -> dict[str, str]:
         for m in names:
             styles.setdefault(m, rule.style)
     tree = ctx.tree
-    head_dim = _head_dim(tree.config)
+    head_dim = _head_dim(tree.text_config)
     parents = {m.rpartition(".")[0] for m, s in styles.items() if s == "colwise"}
     for parent in parents:
         for m in tree.modules:
@@ -120,13 +121,15 @@ def param_layouts(ctx) -> list[ParamLayout]:
     fsdp = any(r.kind == "fsdp" for r in plan.rules)
     units = fsdp_units(ctx) if fsdp else []
     tied_extra = {q for group in tree.tied for q in group[1:]}
+    frozen = [m for _, mods in ctx.rule_modules("freeze") for m in mods]
     out = []
     for module in tree.modules:
         for q in tree.direct_params.get(module, []):
             if q in tied_extra:
                 continue
             pname = q.rpartition(".")[2]
-            p = ParamLayout(q, tuple(tree.param_shape[q]), style=styles.get(module))
+            p = ParamLayout(q, tuple(tree.param_shape[q]), style=styles.get(module),
+                            frozen=any(q.startswith(m + ".") for m in frozen))
             dim = _tp_cut(p.style, pname)
             if dim is not None:
                 p.cuts.append((dim, "tp"))
@@ -146,25 +149,27 @@ def param_layouts(ctx) -> list[ParamLayout]:
 
 def states_per_rank(ctx, params: list[ParamLayout] | None = None) -> list[dict]:
     """{"param", "grad", "optim"} bytes of every rank's local shards: parameters and gradients
-    in the master dtype (model.dtype), AdamW's exp_avg and exp_avg_sq likewise."""
+    in the master dtype (model.dtype), AdamW's exp_avg and exp_avg_sq likewise (frozen parameters
+    have neither gradients nor optimizer states)."""
     params = param_layouts(ctx) if params is None else params
     layout = Layout.from_degrees(ctx.degrees)
     itemsize = BYTES[ctx.plan["model.dtype"]]
     groups: dict[tuple, int] = {}
     for p in params:
-        key = (p.shape, tuple(p.cuts))
+        key = (p.shape, tuple(p.cuts), p.frozen)
         groups[key] = groups.get(key, 0) + 1
     out = []
     cache: dict[tuple, int] = {}
     for rank in range(layout.world):
         c = layout.coords(rank)
-        n = 0
-        for (shape, cuts), count in groups.items():
+        n = trained = 0
+        for (shape, cuts, frozen), count in groups.items():
             key = (shape, cuts, tuple(c[a] for _, a in cuts))
             if key not in cache:
                 cache[key] = _numel(local_shape(ParamLayout("", shape, list(cuts)), c, layout))
             n += cache[key] * count
-        out.append({"param": n * itemsize, "grad": n * itemsize, "optim": 2 * n * itemsize})
+            trained += 0 if frozen else cache[key] * count
+        out.append({"param": n * itemsize, "grad": trained * itemsize, "optim": 2 * trained * itemsize})
     return out
 
 

@@ -141,11 +141,14 @@ def _run(opts: VerifyOptions, ir, plan, own: Layout, layouts: list[Layout], note
 
     from ..emit import render_script
     from . import report
-    from .data import data_changes, shrink_model
+    from .data import data_changes, shrink_model, vl_data_changes
     from .runs import Batch, judge, run_all
     from .scripts import baseline_ir, dtype_note, layout_ir, per_run, reference_ir, run_changes, with_settings
 
-    dchanges, dnotes = data_changes(plan, opts.data, opts.demo_data, work)
+    if ir.modality == "vl":
+        dchanges, dnotes = vl_data_changes(plan, opts.data, work)
+    else:
+        dchanges, dnotes = data_changes(plan, opts.data, opts.demo_data, work)
     vocab = len(load_tokenizer(dchanges["data.tokenizer"]))
     _, summary = shrink_model(plan["model.config"], layouts, vocab, work / "model")
     rchanges, rnotes = run_changes(ir, plan, layouts, opts.steps)

@@ -29,6 +29,8 @@ def shrink_model(config_path: str, layouts: list[Layout], vocab: int, out: Path)
         real = load_config(config_path)
     except ModelLoadError as e:
         raise PlanInvalid(f"model.config: {e}") from None
+    if getattr(real, "vision_config", None) is not None:
+        return _vl_as_is(real, out)
     need = {k: math.lcm(*(getattr(d, k) for d in layouts)) for k in ("tp", "sp", "ep")}
     try:
         small = shrink_config(real, vocab=vocab, **need)
@@ -37,6 +39,24 @@ def shrink_model(config_path: str, layouts: list[Layout], vocab: int, out: Path)
     out.mkdir(parents=True, exist_ok=True)
     small.save_pretrained(str(out))
     return small, _shrink_summary(real, small)
+
+
+def _vl_as_is(config, out: Path):
+    """A vision-language model runs at its own size: its vision tower, merger and mrope sections
+    are tied to the language model's sizes, so a small config of the family is the plan's to give."""
+    text = config.get_text_config()
+    if text.hidden_size > VL_LARGEST_HIDDEN or text.num_hidden_layers > VL_LARGEST_LAYERS:
+        raise PlanInvalid(f"verify runs a vision-language model at its own size, and this one is large "
+                          f"(hidden {text.hidden_size}, {text.num_hidden_layers} layers): verify a copy of the "
+                          f"plan whose model.config is a small config of the same family "
+                          f"(plans/models/tiny-qwen2.5-vl is one)")
+    out.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(out))
+    return config, (f"{config.model_type}: run at its own size (vision-language models are not shrunk): "
+                    f"{text.num_hidden_layers} layers, hidden {text.hidden_size}")
+
+
+VL_LARGEST_HIDDEN, VL_LARGEST_LAYERS = 512, 8  # what a CPU verify run of a VL model can afford
 
 
 def _shrink_summary(real, small) -> str:
@@ -85,6 +105,31 @@ def demo_assets(demo_dir: str, work: Path) -> tuple[dict, str]:
 def own_data_local(plan) -> bool:
     """Whether every source of the plan and its tokenizer are on this machine."""
     return all(_local(s["path"]) for s in plan.sources) and _local(plan["data.tokenizer"])
+
+
+def vl_data_changes(plan, mode: str, work: Path) -> tuple[dict, list[str]]:
+    """As data_changes, for a vision-language plan: its own conversations as they are (their media
+    paths are relative to the record file, so it is not cut), else the VL demo's."""
+    own = own_data_local(plan)
+    if mode == "plan" and not own:
+        raise PlanInvalid("--data plan: the plan's data or tokenizer is not on this machine")
+    if own and mode != "demo":
+        changes = {"data.tokenizer": os.path.abspath(plan["data.tokenizer"])}
+        changes.update({f"data.{s.name}.path": os.path.abspath(s["path"]) for s in plan.sources})
+        return changes, [f"source {s.name}: the plan's own {s['path']}" for s in plan.sources]
+    from ..demo_vl_assets import make_vl_demo_assets
+
+    d = Path("data/vl_demo")
+    if (d / "chat_hf.jsonl").is_file() and (d / "tokenizer").is_dir():
+        assets, where = {"hf": str(d / "chat_hf.jsonl"), "tokenizer": str(d / "tokenizer")}, str(d)
+    else:
+        assets, where = make_vl_demo_assets(work / "vl_demo"), f"{work / 'vl_demo'} (made now)"
+    changes = {"data.tokenizer": os.path.abspath(assets["tokenizer"]), "data.chat_template": "tokenizer"}
+    for s in plan.sources:
+        changes.update({f"data.{s.name}.path": os.path.abspath(assets["hf"]), f"data.{s.name}.format": "jsonl",
+                        f"data.{s.name}.messages": "messages"})
+    why = "--data demo" if mode == "demo" else "the plan's data is not on this machine"
+    return changes, [f"vision-language demo conversations from {where} ({why})"]
 
 
 def data_changes(plan, mode: str, demo_dir: str, work: Path) -> tuple[dict, list[str]]:

@@ -14,8 +14,10 @@ def check_export(run_dir: Path) -> dict:
     the loss does, wherever a gradient is too small to rise above rounding: Adam normalises it.)"""
     import torch
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
+
+    from runtime.model import auto_class
 
     hf_logging.disable_progress_bar()
     ckpts = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
@@ -23,7 +25,8 @@ def check_export(run_dir: Path) -> dict:
     dcp_to_torch_save(ckpts[-1], flat)
     saved = torch.load(flat, weights_only=False)["model"]
     flat.unlink()
-    model, info = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / "hf", output_loading_info=True)
+    export = run_dir / "checkpoints" / "hf"
+    model, info = auto_class(AutoConfig.from_pretrained(export)).from_pretrained(export, output_loading_info=True)
     state = model.state_dict()
     problems = [f"{kind}: {names[:3]}" for kind, names in (("missing", sorted(info["missing_keys"])),
                                                           ("unexpected", sorted(info["unexpected_keys"]))) if names]

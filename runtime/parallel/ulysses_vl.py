@@ -57,11 +57,18 @@ def _keep_slice(rank: int, sp: int):
     return hook
 
 
-def apply_ulysses_vl(model: nn.Module, sp_mesh: DeviceMesh) -> nn.Module:
+def apply_ulysses_vl(model: nn.Module, sp_mesh: DeviceMesh, modules: list[str] | None = None) -> nn.Module:
     """Route the language model's attention through Ulysses over `sp_mesh` and slice its inputs
-    (see the module docstring). Call before FSDP, like apply_ulysses."""
+    (see the module docstring). `modules`: the attention modules by their names in `model` (a plan's
+    `sp ulysses` globs, resolved; default: every one of the language model). Call before FSDP."""
     lm = model.model.language_model
-    apply_ulysses(lm, sp_mesh)
+    if modules is not None:
+        prefix = next(n for n, m in model.named_modules() if m is lm) + "."
+        outside = [n for n in modules if not n.startswith(prefix)]
+        if outside:
+            raise ValueError(f"Ulysses VL wraps the language model's attention only, not {outside[0]!r}")
+        modules = [n[len(prefix):] for n in modules]
+    apply_ulysses(lm, sp_mesh, modules)
     lm.register_forward_pre_hook(_keep_slice(sp_mesh.get_local_rank(), sp_mesh.size()), with_kwargs=True)
     return model
 

@@ -13,7 +13,8 @@ from .docs import VLDocMaker
 
 
 def check_vl_sources(sources: Sequence[Source], processor, max_len: int, first: int = 5) -> list[str]:
-    """Problems found; an empty list when every source has usable records among its first `first`."""
+    """Problems found: a source with no usable record among its first `first`, and each bad record
+    among them (with its file and line)."""
     errors = []
     for s in sources:
         where = f"source {s.name!r} ({s.path})"
@@ -33,8 +34,13 @@ def check_vl_sources(sources: Sequence[Source], processor, max_len: int, first: 
             continue
         bad = BadRecords()
         maker = VLDocMaker(s, processor, max_len, bad)
-        if not any(maker.make(r) is not None for r in head):
+        usable = [maker.make(r) is not None for r in head]
+        if not any(usable):
             at, reason, detail = bad.records[0]
             errors.append(f"{where}: no usable conversation in the first {len(head)} records "
                           f"(first: {at}: {reason}{f' ({detail})' if detail else ''})")
+            continue
+        # the others still train; each bad one is named (training skips it, or stops on on_bad_record = fail)
+        errors.extend(f"{where}: bad record at {at}: {reason}{f' ({detail})' if detail else ''}"
+                      for at, reason, detail in bad.records)
     return errors

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 
+from ...vocab import VL_CHAT_TEMPLATES
+
 QWEN_VL_TEMPLATE = (
     "{%- macro parts(content) -%}"
     "{%- if content is string -%}{{ content }}"
@@ -32,7 +34,6 @@ QWEN_VL_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
 )
-TEMPLATES = ("tokenizer", "qwen_vl")
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
@@ -41,7 +42,7 @@ def template_for(tok, chat_template: str = "qwen_vl") -> str:
     if chat_template == "qwen_vl":
         return QWEN_VL_TEMPLATE
     if chat_template != "tokenizer":
-        raise ValueError(f"chat_template must be one of {TEMPLATES}, got {chat_template!r}")
+        raise ValueError(f"chat_template must be one of {VL_CHAT_TEMPLATES}, got {chat_template!r}")
     template = getattr(tok, "chat_template", None)
     if isinstance(template, dict):
         template = template.get("default")
