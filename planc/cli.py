@@ -206,6 +206,10 @@ def cmd_demo_data(args) -> int:
         from .demo_vl_assets import make_vl_demo_assets
 
         paths = make_vl_demo_assets(args.out or "data/vl_demo")
+    elif args.diffusion:  # the demo's assets plus tokenizer-mask/ (the tokenizer with <|mask|>)
+        from .demo_diffusion import make_diffusion_demo
+
+        paths = make_diffusion_demo(args.out or "data/demo")
     else:
         from .demo_assets import make_demo_assets
 
@@ -274,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out", nargs="?", help="output directory (default data/demo, or data/vl_demo with --vl)")
     c.add_argument("--vl", action="store_true", help="the vision-language demo's conversations about real "
                    "photographs (needs the vl-demo extra: scikit-image), a video, and their tokenizer")
+    c.add_argument("--diffusion", action="store_true", help="also the block-diffusion demo's tokenizer with a "
+                   "mask token (DIR/tokenizer-mask)")
     c.set_defaults(func=cmd_demo_data)
     return ap
 

@@ -18,6 +18,7 @@ from .tp_sets import FAMILIES, NAMED, ep_globs, tp_set
 
 RULES = {
     "model-config": "the model config is a local HF config that transformers can build (meta device)",
+    "remote-code": "a model directory that ships its own modeling code is built only with trust_remote_code = true",
 }
 
 
@@ -25,9 +26,9 @@ def elaborate(plan: Plan) -> tuple[Plan, ModelTree | None, list[Diagnostic]]:
     if plan["model.config"] is None:
         return plan, None, []
     try:
-        tree = load_tree(plan["model.config"], plan["model.attention"])
+        tree = load_tree(plan["model.config"], plan["model.attention"], plan["model.trust_remote_code"])
     except ModelLoadError as e:
-        return plan, None, [Diagnostic("model-config", str(e), plan.value_span("model.config"), e.help)]
+        return plan, None, [Diagnostic(e.rule, str(e), plan.value_span("model.config"), e.help)]
     rules, diags = expand_named_sets(plan.rules, tree)
     return dataclasses.replace(plan, rules=rules), tree, diags
 

@@ -120,6 +120,7 @@ class ScriptIR:
     modality: str = "text"  # text | vl: the data path, the forward and the export (planc.model_tree.ModelTree.kind)
     processor_kwargs: list[tuple[str, str]] = field(default_factory=list)  # VL build_processor keyword -> expression
     features: set[str] = field(default_factory=set)  # step kinds, plus "kernels"
+    objective: str = "causal_lm"  # causal_lm | block_diffusion (runtime.vocab.OBJECTIVES)
 
     def setup(self) -> list[tuple[str, list[Stmt]]]:
         """The set-up in the order the script runs it: what the dry run executes."""

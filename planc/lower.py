@@ -61,6 +61,8 @@ class _Lowering:
         # model
         for k in ("model.config", "model.weights", "model.dtype", "model.attention"):
             self.add(k)
+        if p["model.trust_remote_code"]:
+            self.add("model.trust_remote_code")
         # mesh: every degree that is written or not 1 (dp_shard always, so one process is one override)
         mesh = {}
         for dim in DIMS:
@@ -108,9 +110,13 @@ class _Lowering:
             self.add(k)
         if p["train.schedule"] != "constant":
             self.add("train.min_lr")
+        diffusion = p["train.objective"] == "block_diffusion"
+        if diffusion:  # runtime/diffusion/: the objective's block, noise range and mask token
+            for k in ("train.objective", "train.block", "train.noise", "train.mask_token"):
+                self.add(k)
         for k in ("train.clip", "train.seed", "train.log_every"):
             self.add(k)
-        moe_aux = _moe_aux_coef(ctx.tree.text_config) is not None
+        moe_aux = _moe_aux_coef(ctx.tree.text_config) is not None and not diffusion
         if moe_aux:
             coef = p["train.moe_aux_loss"]
             self.add("train.moe_aux_loss", _moe_aux_coef(ctx.tree.text_config) if coef is None else coef,
@@ -146,13 +152,15 @@ class _Lowering:
             # with any TP the logits may come out vocab-sharded (a `loss` rule, or the model's own plan):
             # the loop then computes cross-entropy and backward under loss_parallel (a no-op otherwise)
             tp_loss="tp" in kinds, tp_sequence=tp_sequence, moe_aux=moe_aux, gpus_per_node=p["mesh.gpus_per_node"],
-            modality=ctx.tree.kind)
+            modality=ctx.tree.kind, objective=p["train.objective"])
         return derive(ir)
 
     # the set-up statements the script runs and the dry run executes (planc/ir.py) -----------------
     def build_model(self) -> Stmt:
-        call = Call("runtime.model", "build_meta", (Code("cfg.model.config"),),
-                    (("dtype", Code("cfg.model.dtype")), ("attention", Code("cfg.model.attention"))), via="models")
+        kwargs = (("dtype", Code("cfg.model.dtype")), ("attention", Code("cfg.model.attention")))
+        if self.plan["model.trust_remote_code"]:  # the directory's own modeling code runs
+            kwargs += (("trust_remote_code", Code("cfg.model.trust_remote_code")),)
+        call = Call("runtime.model", "build_meta", (Code("cfg.model.config"),), kwargs, via="models")
         return Stmt(call, ("model",), wrap=None, span=self.plan.value_span("model.config"))
 
     def apply_kernels(self, kernels: dict) -> list[Stmt]:
@@ -186,6 +194,7 @@ class _Lowering:
             "kernels": self.block_where("kernels"), "optimizer": self._opt_where(),
             "clip": self.where("train.clip"), "every": self.where("checkpoint.every").replace(" (default)", ""),
             "export": self.where("checkpoint.export").replace(" (default)", ""),
+            "objective": self.where("train.objective"),
         }
 
     def _opt_where(self) -> str:

@@ -13,9 +13,10 @@ from .paths import PathError
 
 
 class ModelLoadError(Exception):
-    def __init__(self, message: str, help: str | None = None):
+    def __init__(self, message: str, help: str | None = None, rule: str = "model-config"):
         super().__init__(message)
         self.help = help
+        self.rule = rule
 
 
 @dataclass
@@ -94,38 +95,43 @@ def num_experts(config) -> int:
                  if (v := getattr(config, k, None))), 0)
 
 
-def load_config(path: str | Path):
+def load_config(path: str | Path, trust_remote_code: bool = False):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg_file = find_config(path)
     try:
-        json.loads(paths.read_text(cfg_file))
+        raw = json.loads(paths.read_text(cfg_file))
     except PathError as e:
         raise ModelLoadError(f"cannot read {cfg_file}: {e}", "fix the config file") from None
     except (ValueError, RecursionError) as e:  # json.JSONDecodeError, or nesting too deep to read
         why = e if isinstance(e, ValueError) else "nested too deeply"
         raise ModelLoadError(f"{cfg_file} is not valid JSON: {why}", "fix the config file") from None
+    if isinstance(raw, dict) and raw.get("auto_map") and not trust_remote_code:
+        raise ModelLoadError(f"{cfg_file.parent} ships its own modeling code (auto_map in config.json); planc runs "
+                             "it only when trusted", "read that code, then write `trust_remote_code = true` in the "
+                             "model block (planc check and the script will both run it)", rule="remote-code")
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(str(cfg_file.parent if cfg_file.name == "config.json" else cfg_file))
+        return AutoConfig.from_pretrained(str(cfg_file.parent if cfg_file.name == "config.json" else cfg_file),
+                                          trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises many kinds for unknown model types
         raise ModelLoadError(f"transformers cannot read {cfg_file}: {_first_line(e)}",
                              "is `model_type` one transformers 5 knows?") from None
 
 
 @lru_cache(maxsize=8)
-def _tree_cached(path: str, attention: str) -> ModelTree:
+def _tree_cached(path: str, attention: str, trust_remote_code: bool = False) -> ModelTree:
     import torch
 
     from runtime.model import auto_class
 
-    config = load_config(path)
+    config = load_config(path, trust_remote_code)
     cls = auto_class(config)
     try:
         # the module tree does not depend on the attention kernel, and flash_attention_2 need not be
         # installed where a plan is checked: build with sdpa
         with torch.device("meta"):
-            model = cls.from_config(config, attn_implementation="sdpa")
+            model = cls.from_config(config, attn_implementation="sdpa", trust_remote_code=trust_remote_code)
     except Exception as e:
         raise ModelLoadError(f"cannot build a model from {path}: {_first_line(e)}",
                              f"the config must describe a model {cls.__name__} knows (a causal LM, or a "
@@ -155,8 +161,8 @@ def _tree_cached(path: str, attention: str) -> ModelTree:
                      language, vision)
 
 
-def load_tree(path: str | Path, attention: str = "sdpa") -> ModelTree:
-    return _tree_cached(str(path), attention)
+def load_tree(path: str | Path, attention: str = "sdpa", trust_remote_code: bool = False) -> ModelTree:
+    return _tree_cached(str(path), attention, bool(trust_remote_code))
 
 
 def match(tree: ModelTree, pattern: str) -> list[str]:

@@ -16,8 +16,8 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from runtime.vocab import (
-    ANY_CHAT_TEMPLATE, ATTENTIONS, BAD_RECORD_POLICIES, DEVICES, DTYPES, KERNEL_BACKENDS, KERNEL_OPS, PACKS, SCHEDULES,
-    SOURCE_FORMATS, SOURCE_KINDS, TP_STYLES, TRUNCATIONS,
+    ANY_CHAT_TEMPLATE, ATTENTIONS, BAD_RECORD_POLICIES, DEVICES, DTYPES, KERNEL_BACKENDS, KERNEL_OPS, MASK_TOKEN, OBJECTIVES,
+    PACKS, SCHEDULES, SOURCE_FORMATS, SOURCE_KINDS, TP_STYLES, TRUNCATIONS,
 )
 
 from .layout import DIMS, WORLD_DIMS
@@ -83,6 +83,12 @@ _SCHEDULE = _keys(
     Key("warmup", "int", 0, "linear warm-up steps", min=0),
     Key("min_lr", "float", 0.0, "final lr as a fraction of the peak", min=0, max=1),
 )
+_BLOCK_DIFFUSION = _keys(  # runtime/diffusion/: LLaDA2's objective as dFactory trains it
+    Key("block", "int", 32, "tokens per diffusion block (divides data.max_len)", min=1),
+    Key("noise", "list", [0.3, 0.8], "range [low, high] of the per-sample noise level t (each response token "
+        "masked with probability t)", item="float", length=2, min=0, max=1),
+    Key("mask_token", "str", MASK_TOKEN, "the tokenizer's mask token (one token)"),
+)
 _DYNAMIC = _keys(
     Key("tokens", "int", REQUIRED, "token budget of one micro-batch", min=1),
     Key("warmup_steps", "int", 0, "steps over which the budget grows to `tokens`", min=0),
@@ -95,6 +101,8 @@ MODEL = BlockSpec("model", "the model: an HF config (and optionally weights)", _
     Key("weights", "path", None, "HF directory with *.safetensors to load"),
     Key("dtype", "enum", "fp32", "dtype of the master weights", choices=DTYPES),
     Key("attention", "enum", "sdpa", "HF attention implementation", choices=ATTENTIONS),
+    Key("trust_remote_code", "bool", False, "run the modeling code a local model directory ships (auto_map in "
+        "config.json, e.g. LLaDA2): planc check and the script both execute it"),
 ), required=True)
 
 _DEGREES = {  # one key per mesh dim of planc/layout.py; the world dims may be `auto`
@@ -187,6 +195,8 @@ TRAIN = BlockSpec("train", "the optimisation", _keys(
     Key("schedule", "enum", "constant", "learning-rate schedule", choices=SCHEDULES,
         options=MappingProxyType({"constant": _keys(_SCHEDULE["warmup"]), "linear": _SCHEDULE,
                                   "cosine": _SCHEDULE})),
+    Key("objective", "enum", "causal_lm", "what the model learns: next-token prediction, or block diffusion "
+        "(sft data)", choices=OBJECTIVES, options=MappingProxyType({"block_diffusion": _BLOCK_DIFFUSION})),
     Key("clip", "float", 1.0, "max gradient norm (0 = off)", min=0),
     Key("seed", "int", 0, "model init and data order (torch takes 0 .. 2**64 - 1; a plan's whole numbers stop at "
         "2**63 - 1)", min=0, max=2**63 - 1),

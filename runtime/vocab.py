@@ -32,6 +32,10 @@ IGNORE = -100  # the label of a position without a target (padding, document end
 
 # optimisation (runtime/optim.py)
 SCHEDULES = ("constant", "linear", "cosine")
+# training objectives: next-token cross-entropy (runtime/loss.py), or LLaDA2-style block diffusion
+# (runtime/diffusion/, whose mask token is MASK_TOKEN unless a plan names another)
+OBJECTIVES = ("causal_lm", "block_diffusion")
+MASK_TOKEN = "<|mask|>"
 
 # kernels (runtime/kernels/): the ops, and which implementation runs one
 KERNEL_OPS = ("rmsnorm", "swiglu", "rotary", "fused_ce", "moe")

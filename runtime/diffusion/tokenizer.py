@@ -1,9 +1,9 @@
 """The mask token of a diffusion model's tokenizer: add it, or find it."""
 from __future__ import annotations
 
-__all__ = ["MASK_TOKEN", "add_mask_token", "mask_token_id"]
+from runtime.vocab import MASK_TOKEN
 
-MASK_TOKEN = "<|mask|>"
+__all__ = ["MASK_TOKEN", "add_mask_token", "mask_token_id"]
 
 
 def add_mask_token(tok, token: str = MASK_TOKEN) -> int:
