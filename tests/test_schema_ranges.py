@@ -139,6 +139,20 @@ def _keep(v):
     assert names[-v:]
 
 
+def _diffusion_block(v):
+    from runtime.diffusion.mask import block_diffusion_mask
+
+    pos = torch.arange(8).repeat(2)[None]  # one [x_t ; x_0] row of 8 tokens
+    return block_diffusion_mask(pos, v, "sdpa")
+
+
+def _diffusion_noise(v):
+    from runtime.diffusion.noise import document_rng, draw_mask
+
+    for noise in ([v, 1.0], [0.0, v]):
+        draw_mask(np.ones(4, dtype=bool), noise, document_rng(0, 1, 0, 0))
+
+
 def _gpus_per_node(v):
     from planc.layout import Layout
 
@@ -179,6 +193,8 @@ CONSUMERS = {
         "video_max_pixels", "video_max_total_pixels", "video_max_seconds")},
     "train.seed": _seed,
     "train.log_every": "metrics",
+    "train.block": _diffusion_block,
+    "train.noise": _diffusion_noise,
     "train.moe_aux_loss": lambda v: float(v) * torch.tensor(0.5, requires_grad=True),
     "checkpoint.every": _every,
     "checkpoint.keep": _keep,
@@ -264,6 +280,9 @@ def _plan_with(ws, setting, key, where, value_text) -> tuple[str, str]:
         return text.replace("adamw { lr = 1e-3 }", f"adamw {{ {assign} }}"), assign
     if kind == "option" and where[1] == "schedule":
         return text.replace("cosine { warmup = 2 }", f"cosine {{ {assign} }}"), assign
+    if kind == "option" and where[1] == "objective":
+        line = "  steps = 10  global_batch = 8  micro_batch = 2\n"
+        return text.replace(line, f"{line}  objective = block_diffusion {{ {assign} }}\n"), assign
     if kind == "option" and where[1] == "pack":
         return text.replace("pack      = greedy", f"pack = dynamic {{ tokens = 64  {assign} }}" if name != "tokens"
                             else f"pack = dynamic {{ {assign} }}"), assign
@@ -318,6 +337,7 @@ REFUSED = [
     ("train.lr", -1e-9), ("train.betas", 1.0), ("train.eps", -1e-12),
     ("train.seed", -1), ("train.seed", SEED_MAX + 1), ("data.max_len", 1), ("train.min_lr", 1.5),
     ("train.warmup", -1), ("data.web.weight", 0.0), ("train.global_batch", 0),
+    ("train.block", 0), ("train.noise", 1.5), ("train.noise", -0.1),
 ]
 
 

@@ -4,6 +4,9 @@ row, the data has responses to mask, and the loss is the objective's own. Also t
 trusted model directory's code runs (`model.trust_remote_code`)."""
 from __future__ import annotations
 
+import functools
+
+from runtime.diffusion.mask import MASK_KINDS
 from runtime.vocab import ATTENTIONS
 
 RULES = {
@@ -40,7 +43,7 @@ def check(ctx) -> None:
                   p.span("train.block") if p.settings["train.block"].written else where,
                   f"pick a block that divides {max_len} (e.g. {_divisor(max_len, block)}), or change max_len")
     attention = p["model.attention"]
-    if attention not in ("sdpa", "eager"):
+    if attention not in MASK_KINDS:
         ctx.error("diffusion-attention", f"attention = {attention} takes no 4-D attention mask; block diffusion "
                   "needs one (noisy tokens see their block, clean tokens the blocks before)",
                   p.value_span("model.attention"), "use `attention = sdpa` (eager works too: it gets an additive "
@@ -63,6 +66,13 @@ def check(ctx) -> None:
     _mask_token(ctx)
 
 
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(path: str):
+    from runtime.data import load_tokenizer
+
+    return load_tokenizer(path)
+
+
 def _divisor(max_len: int, block: int) -> int:
     return max(d for d in range(1, min(block, max_len) + 1) if max_len % d == 0)
 
@@ -71,12 +81,10 @@ def _mask_token(ctx) -> None:
     p = ctx.plan
     if ctx.skip_files or p["data.tokenizer"] is None:
         return
-    from .data import _tokenizer
-
     token = p["train.mask_token"]
     span = p.value_span("train.mask_token") if p.settings["train.mask_token"].written else p.value_span("train.objective")
     try:
-        tok = _tokenizer(p["data.tokenizer"])
+        tok = _load_tokenizer(p["data.tokenizer"])
     except Exception:  # noqa: BLE001 - the data pass reports a tokenizer that does not load
         return
     from runtime.diffusion.tokenizer import mask_token_id

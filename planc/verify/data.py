@@ -156,6 +156,12 @@ def data_changes(plan, mode: str, demo_dir: str, work: Path) -> tuple[dict, list
         why = "--data demo" if mode == "demo" else "the plan's data is not on this machine"
         notes.append(f"demo corpus from {where} ({why})")
         changes["data.tokenizer"] = os.path.abspath(assets["tokenizer"])
+        if plan["train.objective"] == "block_diffusion":  # the demo tokenizer plus its mask token
+            from ..demo_diffusion import make_diffusion_demo
+
+            demo = make_diffusion_demo(assets["dir"])
+            changes["data.tokenizer"] = os.path.abspath(demo["tokenizer_mask"])
+            changes["train.mask_token"] = demo["mask_token"]
         if sft:
             changes["data.chat_template"] = "chatml"  # the demo tokenizer carries no template of its own
         for s in plan.sources:
