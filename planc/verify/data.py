@@ -159,7 +159,7 @@ def data_changes(plan, mode: str, demo_dir: str, work: Path) -> tuple[dict, list
         if plan["train.objective"] == "block_diffusion":  # the demo tokenizer plus its mask token
             from ..demo_diffusion import make_diffusion_demo
 
-            demo = make_diffusion_demo(assets["dir"])
+            demo = make_diffusion_demo(Path(assets["tokenizer"]).parent)
             changes["data.tokenizer"] = os.path.abspath(demo["tokenizer_mask"])
             changes["train.mask_token"] = demo["mask_token"]
         if sft:

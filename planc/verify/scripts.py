@@ -88,6 +88,8 @@ def run_changes(ir: ScriptIR, plan, layouts: list[Layout], steps: int) -> tuple[
     keys = {s.key for s in ir.settings}
     dynamic = plan["data.pack"] == "dynamic"
     seq = math.lcm(*(d.sp * d.tp for d in layouts))
+    if plan["train.objective"] == "block_diffusion":  # rows stay whole diffusion blocks
+        seq = math.lcm(seq, plan["train.block"])
     max_len = -(-min(plan["data.max_len"], MAX_LEN) // seq) * seq
     micro = 1 if dynamic else min(plan["train.micro_batch"], 2)
     dps = math.lcm(*(d.dp for d in layouts))
