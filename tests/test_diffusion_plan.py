@@ -155,3 +155,30 @@ def test_verify_proves_the_diffusion_demo(demo_assets):
                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "OK: diffusion-demo" in out.stdout, out.stdout[-2000:]
+
+
+def test_sample_from_a_diffusion_export(demo_assets, tmp_path):
+    """runtime.diffusion.sample.run (what `planc sample` calls for a diffusion export) loads the
+    export and generates block by block: the same ids as the sampler on the same model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from planc.demo_diffusion import make_diffusion_demo
+    from runtime.data import load_tokenizer
+    from runtime.diffusion import generate
+    from runtime.diffusion.sample import run
+    from runtime.model import load_config
+
+    demo = make_diffusion_demo(demo_assets["dir"])
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(load_config(REPO / "plans/models/tiny-qwen3-diffusion"))
+    model.save_pretrained(tmp_path / "hf")
+    tok = load_tokenizer(demo["tokenizer_mask"])
+    tok.save_pretrained(str(tmp_path / "hf"))
+    text = run(tmp_path / "hf", "def main(argv):", block=8, steps=4, max_new_tokens=12)
+    ids = generate(model.eval(), tok("def main(argv):", add_special_tokens=False)["input_ids"], mask_id=demo["mask_id"],
+                   block=8, steps=4, gen_length=12, eos_id=tok.eos_token_id)
+    assert text == tok.decode(ids.tolist(), skip_special_tokens=True)
+    assert "<|mask|>" not in text
+    with pytest.raises(SystemExit, match="no single token"):
+        run(tmp_path / "hf", "x", block=8, mask_token="<|nomask|>")

@@ -7,6 +7,7 @@ loss, a sampler, the mask token. One concern per module:
 - objective.py  planc's packed SFT batch -> [x_t ; x_0] with labels on the masked tokens; the loss
 - sampler.py    block-by-block generation with confidence-based unmasking
 - tokenizer.py  the mask token
+- sample.py     text from an export or checkpoint (`sample.run`, for `planc sample`; imported on its own)
 """
 from .mask import block_causal_mask, block_diffusion_mask, mask_kind
 from .noise import check_noise
