@@ -85,6 +85,10 @@ def _lines(checked, rep=None) -> list[str]:
         every = plan["checkpoint.every"] or plan["train.steps"]
         lines.append(f"  checkpoint  {shown(plan['checkpoint.dir'])} every {every} steps, keep {plan['checkpoint.keep']}, "
                      f"export {plan['checkpoint.export']}")
+    for note in ctx.notes:  # planc/checks/diffusion.py: the objective, and a trusted model's own code
+        for label in ("objective", "remote code"):
+            if note.startswith(f"{label}: "):
+                lines.append(f"  {label:<11} {note[len(label) + 2:]}")
     for note in ctx.notes:  # what a static check cannot know (a dry run, or the run, tells)
         if note.startswith("not checked: "):
             lines.append(f"  not checked {note[len('not checked: '):]}")

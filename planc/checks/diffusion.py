@@ -29,8 +29,8 @@ def uses_diffusion(plan) -> bool:
 def check(ctx) -> None:
     p = ctx.plan
     if ctx.tree is not None and p["model.trust_remote_code"]:
-        ctx.notes.append(f"model: trust_remote_code = true: planc check and the script run the modeling code "
-                         f"shipped in {ctx.tree.path}")
+        ctx.notes.append(f"remote code: trust_remote_code = true: planc check and the script run the modeling "
+                         f"code shipped in {ctx.tree.path}")
     if not uses_diffusion(p) or "data" not in p.blocks:
         return
     where = p.value_span("train.objective")
