@@ -182,3 +182,11 @@ def test_sample_from_a_diffusion_export(demo_assets, tmp_path):
     assert "<|mask|>" not in text
     with pytest.raises(SystemExit, match="no single token"):
         run(tmp_path / "hf", "x", block=8, mask_token="<|nomask|>")
+
+
+def test_the_estimate_sees_the_doubled_row(ws):
+    from planc.estimate.comm import workload
+
+    checked, _ = _check(ws, diffusion_plan(ws), "estimate")
+    plain, _ = _check(ws, diffusion_plan(ws).replace("  " + OBJECTIVE + "\n", ""), "estimate-plain")
+    assert workload(checked.ctx).seq == 2 * workload(plain.ctx).seq == 2 * checked.plan["data.max_len"]

@@ -72,8 +72,9 @@ class Workload:
 def workload(ctx) -> Workload:
     p, d = ctx.plan, ctx.degrees
     fsdp = any(r.kind == "fsdp" for r in p.rules)
-    seq = p["data.max_len"]
-    rows = p["data.tokens"] / seq if p["data.pack"] == "dynamic" else p["train.micro_batch"]
+    rows = p["data.tokens"] / p["data.max_len"] if p["data.pack"] == "dynamic" else p["train.micro_batch"]
+    # block diffusion runs each row doubled, [x_t ; x_0] (planc/checks/diffusion.py)
+    seq = p["data.max_len"] * (2 if p["train.objective"] == "block_diffusion" else 1)
     dp = Layout.from_degrees(d).dp
     accum = max(1, p["train.global_batch"] // (p["train.micro_batch"] * dp))
     master = BYTES[p["model.dtype"]]
