@@ -190,3 +190,20 @@ def test_the_estimate_sees_the_doubled_row(ws):
     checked, _ = _check(ws, diffusion_plan(ws), "estimate")
     plain, _ = _check(ws, diffusion_plan(ws).replace("  " + OBJECTIVE + "\n", ""), "estimate-plain")
     assert workload(checked.ctx).seq == 2 * workload(plain.ctx).seq == 2 * checked.plan["data.max_len"]
+
+
+@pytest.mark.parametrize("edits,rule,locator", [
+    ([("dp_shard = 2", "tp = 2"), ('checkpoint "model.layers.*"', 'tp loss "lm_head"')], "diffusion-loss", 'tp loss'),
+    ([("checkpoint {", "checkpoint {"), ("objective = block_diffusion", "moe_aux_loss = 0.01\n  objective = block_diffusion")],
+     "diffusion-loss", "moe_aux_loss"),
+    ([("dp_shard = 2", "tp = 2"), ('checkpoint "model.layers.*"', 'tp sequence "model.norm"')], "diffusion-layout",
+     "tp sequence"),
+])
+def test_more_refusals(ws, edits, rule, locator):
+    text = diffusion_plan(ws)
+    for old, new in edits:
+        text = text.replace(old, new, 1)
+    checked, text = _check(ws, text, "more")
+    hits = [d for d in checked.diagnostics if d.rule == rule]
+    assert hits and (hits[0].span.line, hits[0].span.col) == _locate(text, locator), \
+        [(d.rule, d.message, d.span) for d in checked.diagnostics]

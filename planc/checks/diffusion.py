@@ -18,7 +18,8 @@ RULES = {
     "diffusion-layout": "block diffusion: no sequence sharding (Ulysses sp, `tp sequence`): the [x_t ; x_0] row "
                         "and its mask are not sliced",
     "diffusion-data": "block diffusion: every source is sft (the objective masks response tokens)",
-    "diffusion-loss": "block diffusion computes its own loss: no fused_ce kernel, no MoE load-balancing loss",
+    "diffusion-loss": "block diffusion computes its own loss: no fused_ce kernel, no `tp loss`, no MoE "
+                      "load-balancing loss",
 }
 
 
@@ -52,6 +53,10 @@ def check(ctx) -> None:
         if (r.kind == "tp" and r.style == "sequence") or r.kind == "sp":
             ctx.error("diffusion-layout", f"`{r.kind}{' sequence' if r.kind == 'tp' else ''}` shards the sequence; "
                       "block diffusion attends over the whole doubled row", r.span, "drop the rule")
+        if r.kind == "tp" and r.style == "loss":
+            ctx.error("diffusion-loss", "`tp loss` leaves the logits vocab-sharded for a loss-parallel "
+                      "cross-entropy; block diffusion computes its loss from whole logits", r.span,
+                      "drop the `tp loss` rule (colwise/rowwise stay)")
     for s in p.sources:
         if s["kind"] != "sft":
             ctx.error("diffusion-data", f"source {s.name!r} is {s['kind']}: block diffusion masks response tokens, "
