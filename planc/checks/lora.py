@@ -45,6 +45,14 @@ def check(ctx) -> None:
         except ValueError as e:
             ctx.error("lora-layout", str(e), g.span, "adapt the attention projections (or a dense MLP) instead")
             continue
+        i = p.rules.index(rule)
+        inside = [(n, e) for n in ctx.matches.get((i, j), []) for e in experts if n == e or n.startswith(e + ".")]
+        if inside:  # a glob with wildcards that the runtime's text comparison cannot see: its matches
+            n, e = inside[0]
+            ctx.error("lora-layout", f"lora target {g.pattern!r} matches {n!r}, inside the experts module {e!r} "
+                      "that ep shards: peft adapts nn.Linear modules, not the fused expert weights",
+                      g.span, "adapt the attention projections (or a dense MLP) instead")
+            continue
         _linear(ctx, rule, j, g)
 
 
