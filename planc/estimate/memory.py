@@ -137,9 +137,7 @@ def shared_parts(ctx, params=None) -> tuple[dict[str, float], dict[str, float], 
     if plan["model.attention"] == "eager":
         notes.append("eager attention stores every layer's s x s scores; sdpa does not")
     if offloaded:
-        from . import fmt_bytes
-
-        notes.append(f"offload: {fmt_bytes(moved)} of saved activations per rank live in host memory instead of "
+        notes.append(f"offload: {moved / 2**20:.2f} MiB of saved activations per rank live in host memory instead of "
                      f"the device ({len(offloaded)} layer{'s' * (len(offloaded) != 1)}; one layer's come back at a "
                      "time in backward)")
     if {m for _, mods in ctx.rule_modules("offload") for m in mods} - offloaded:
