@@ -136,5 +136,17 @@ def test_lora_script_trains_resumes_and_exports(ws, tmp_path):
         adapted = PeftModel.from_pretrained(base, str(out_a / "adapter")).eval()(input_ids=ids).logits
         merged = AutoModelForCausalLM.from_pretrained(str(out_a / "hf")).eval()(input_ids=ids).logits
     assert (out_a / "hf" / "tokenizer.json").exists()
+    # planc verify's export check of a LoRA run: the adapter holds the last checkpoint's tensors
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from planc.verify.export import _check_lora_export
+
+    dcp_to_torch_save(out_a / "step_4", tmp_path / "flat.pt")
+    saved = torch.load(tmp_path / "flat.pt", weights_only=False)["model"]
+    assert _check_lora_export(out_a, saved, "step_4")["problems"] == []
+    first = sorted(saved)[0]
+    saved[first] = saved[first] + 1
+    assert _check_lora_export(out_a, saved, "step_4")["problems"] == [f"base_model.model.{first.replace('.default.', '.')}: "
+                                                                       "differs from the checkpoint"]
     assert not torch.allclose(adapted, before, atol=1e-6)  # training moved the adapters
     torch.testing.assert_close(merged, adapted, atol=2e-5, rtol=1e-5)
