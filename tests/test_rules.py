@@ -100,6 +100,8 @@ CASES = {
     "moe-aux-loss": ([("steps = 10", "moe_aux_loss = 0.01\n  steps = 10")], "moe_aux_loss = 0.01", "warning", None),
     "attention-device": ([("attention = sdpa", "attention = flash_attention_2")], "attention = flash", "error", None),
     "kernel-device": ([("checkpoint { dir", "kernels { rmsnorm = triton }\ncheckpoint { dir")], "rmsnorm", "warning", None),
+    "lora-target": ([("steps = 10", 'lora "model.layers.*.mlp"\n  steps = 10')], '"model.layers.*.mlp"', "error", None),
+    "lora-layout": ([("dp_shard = 2", "dp_shard = 2  tp = 2"), ("steps = 10", 'lora "model.layers.*.self_attn.q_proj"\n  steps = 10')], 'lora "', "error", None),
 }
 
 UNTESTED_HERE = {"plan-file"}  # tested below
