@@ -86,6 +86,34 @@ class SourceIR:
 
 
 @dataclass
+class LoopIR:
+    """The training-loop features a plan uses (planc/lower_loop.py); each adds lines only when on."""
+
+    epochs: bool = False  # the run's length is counted from the data at start-up (`steps`)
+    val_sources: list = field(default_factory=list)  # SourceIR of the validation block ([] = no validation)
+    val_loader_kwargs: list = field(default_factory=list)  # build_val_loader keyword -> expression
+    profile: bool = False
+    tracker: bool = False
+    mfu: str = ""  # the MFU(...) keywords after `model, ` ("" = no MFU)
+    epoch_kwargs: list = field(default_factory=list)  # epoch_steps keyword -> expression
+    where: dict = field(default_factory=dict)  # feature -> plan line
+
+    @property
+    def val_kwargs_text(self) -> str:
+        return "".join(f"{k}={e}, " for k, e in self.val_loader_kwargs)
+
+    @property
+    def epoch_kwargs_text(self) -> str:
+        return "".join(f"{k}={e}, " for k, e in self.epoch_kwargs)
+
+    @property
+    def modules(self) -> list[str]:
+        """`from runtime import ...` names the loop features need."""
+        return [m for m, on in (("mfu", self.mfu), ("profiling", self.profile), ("trackers", self.tracker),
+                                ("validation", self.val_sources)) if on]
+
+
+@dataclass
 class ScriptIR:
     name: str
     plan_path: str  # as given to planc (sanitised for comments)
@@ -120,6 +148,7 @@ class ScriptIR:
     modality: str = "text"  # text | vl: the data path, the forward and the export (planc.model_tree.ModelTree.kind)
     processor_kwargs: list[tuple[str, str]] = field(default_factory=list)  # VL build_processor keyword -> expression
     features: set[str] = field(default_factory=set)  # step kinds, plus "kernels"
+    loop: LoopIR = field(default_factory=LoopIR)  # validation, epochs, profiling, trackers, MFU
 
     def setup(self) -> list[tuple[str, list[Stmt]]]:
         """The set-up in the order the script runs it: what the dry run executes."""

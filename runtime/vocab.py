@@ -32,6 +32,7 @@ IGNORE = -100  # the label of a position without a target (padding, document end
 
 # optimisation (runtime/optim.py)
 SCHEDULES = ("constant", "linear", "cosine")
+TRACKERS = ("tensorboard", "wandb")  # runtime/trackers.py: metrics sinks beside metrics.jsonl
 
 # kernels (runtime/kernels/): the ops, and which implementation runs one
 KERNEL_OPS = ("rmsnorm", "swiglu", "rotary", "fused_ce", "moe")
