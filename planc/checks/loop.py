@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib.util
 
 from ..syntax import Stmt
-from . import data
+from .data import cached_tokenizer, check_source, is_vl, runtime_source
 
 RULES = {
     "train-length": "train gives exactly one of steps and epochs",
-    "epochs-source": "epochs count passes over map-style sources (a streaming source has no length)",
-    "val-source": "the validation block names map-style sources (a mixture of them needs `batches`)",
+    "epochs-source": "epochs count passes over map-style text sources (a streaming source has no length)",
+    "val-source": "the validation block names map-style text sources (a mixture of them needs `batches`)",
     "val-every": "validation.every <= the run's steps (the last step is always validated)",
     "profile-window": "the profiled steps fall inside the run",
     "tracker-package": "the tracker's package is installed (the script stops at start-up without it)",
@@ -62,13 +62,17 @@ def _check_epochs(ctx, epochs: int) -> None:
         ctx.error("epochs-source", f"epochs need map-style sources; source {s.name!r} is streaming (no known length)",
                   s.settings["streaming"].span or s.span, "give `steps` instead, or drop `streaming = true`")
         return
-    if ctx.skip_files or not p.sources or not ctx.ok or data.is_vl(ctx):
+    if is_vl(ctx):
+        ctx.error("epochs-source", "epochs are counted over text sources; this is a vision-language plan",
+                  p.span("train.epochs"), "give `steps` instead")
+        return
+    if ctx.skip_files or not p.sources or not ctx.ok:
         ctx.notes.append("not checked: the steps of train.epochs (they are counted from the data at start-up)")
         return
     from runtime.data.epochs import epoch_steps, format_epochs
 
     try:
-        plan = epoch_steps([data.runtime_source(s) for s in p.sources], data._tokenizer(p["data.tokenizer"]),
+        plan = epoch_steps([runtime_source(s) for s in p.sources], cached_tokenizer(p["data.tokenizer"]),
                            **epoch_kwargs(p))
     except Exception as e:  # the data pass reported what it could; this is the loader's own refusal
         ctx.error("epochs-source", f"cannot count the steps of {epochs} epochs: "
@@ -98,6 +102,10 @@ def run_steps(ctx) -> int | None:
 
 def _check_validation(ctx) -> None:
     p = ctx.plan
+    if is_vl(ctx):
+        ctx.error("val-source", "validation runs over text sources; this is a vision-language plan",
+                  p.blocks["validation"], "drop the validation block")
+        return
     if not p.val_sources:
         ctx.error("val-source", "the validation block names no source", p.blocks["validation"],
                   'add `source "held" { path = "..." }`')
@@ -114,7 +122,7 @@ def _check_validation(ctx) -> None:
         return
     if not ctx.skip_files:
         for s in p.val_sources:  # read exactly as the training sources are
-            data._check_source(ctx, s)
+            check_source(ctx, s)
     every, steps = p["validation.every"], run_steps(ctx)
     if every is not None and steps is not None and every > steps:
         ctx.error("val-every", f"validation every {every} steps, but the run has {steps}",
@@ -133,6 +141,10 @@ def _check_profile(ctx) -> None:
                   st.name_span, f"profile steps within 1..{steps} (the trace is written when the window ends)")
 
 
+def installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
 def _check_tracker(ctx) -> None:
     p = ctx.plan
     kind = p.settings.get("train.tracker")
@@ -140,6 +152,6 @@ def _check_tracker(ctx) -> None:
         return
     module = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb"}[kind.value]
     package = "tensorboard" if kind.value == "tensorboard" else "wandb"
-    if importlib.util.find_spec(package) is None:
+    if not installed(package):
         ctx.warn("tracker-package", f"tracker = {kind.value} needs the {package} package ({module}), which is "
                  "not installed here", p.value_span("train.tracker"), f"pip install -e '.[{kind.value}]'")
