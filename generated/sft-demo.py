@@ -80,7 +80,10 @@ sources = [
 ]
 steps = epoch_steps(sources, tokenizer, epochs=cfg.train.epochs, max_len=cfg.data.max_len, pack=cfg.data.pack,
                     global_batch=cfg.train.global_batch, micro_batch=cfg.train.micro_batch, seed=cfg.train.seed,
-                    shuffle=cfg.data.shuffle, chat_template=cfg.data.chat_template, system_prompt=cfg.data.system_prompt, truncation=cfg.data.truncation, on_bad_record=cfg.data.on_bad_record).steps
+                    shuffle=cfg.data.shuffle,
+                    chat_template=cfg.data.chat_template, system_prompt=cfg.data.system_prompt,
+                    truncation=cfg.data.truncation,
+                    on_bad_record=cfg.data.on_bad_record).steps
 
 # --- distributed init + mesh (sft-demo.veo:11) ---
 info = dist.init(cfg.mesh.device)
@@ -129,7 +132,9 @@ val_loader = validation.build_val_loader(val_sources, tokenizer, batches=cfg.val
                                          max_len=cfg.data.max_len, pack=cfg.data.pack,
                                          micro_batch=cfg.train.micro_batch, grad_accum=grad_accum,
                                          dp_rank=mesh.dp_rank, dp_size=mesh.dp_size,
-                                         chat_template=cfg.data.chat_template, system_prompt=cfg.data.system_prompt, truncation=cfg.data.truncation, on_bad_record=cfg.data.on_bad_record)
+                                         chat_template=cfg.data.chat_template, system_prompt=cfg.data.system_prompt,
+                                         truncation=cfg.data.truncation,
+                                         on_bad_record=cfg.data.on_bad_record)
 
 # --- resume: --resume auto|none|PATH (sft-demo.veo:37) ---
 resume_from = dcp.resolve_resume(cfg.resume, cfg.checkpoint.dir)

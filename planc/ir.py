@@ -85,6 +85,19 @@ class SourceIR:
     fields: list[str]  # the source keys the script passes (path, format, text, ...)
 
 
+def _wrapped(pairs, indent: int) -> str:
+    """`k=expr, ` keywords, each line of them under ~76 columns, each line ending in a newline and
+    the indent, so the keyword written after them starts a line of its own ("" for none)."""
+    lines, line = [], ""
+    for k, e in pairs:
+        if line and len(line) + len(k) + len(e) + 3 > 76:
+            lines.append(line.rstrip())
+            line = ""
+        line += f"{k}={e}, "
+    lines += [line.rstrip()] if line else []
+    return "".join(f"{x}\n{' ' * indent}" for x in lines)
+
+
 @dataclass
 class LoopIR:
     """The training-loop features a plan uses (planc/lower_loop.py); each adds lines only when on."""
@@ -100,11 +113,11 @@ class LoopIR:
 
     @property
     def val_kwargs_text(self) -> str:
-        return "".join(f"{k}={e}, " for k, e in self.val_loader_kwargs)
+        return _wrapped(self.val_loader_kwargs, 41)
 
     @property
     def epoch_kwargs_text(self) -> str:
-        return "".join(f"{k}={e}, " for k, e in self.epoch_kwargs)
+        return _wrapped(self.epoch_kwargs, 20)
 
     @property
     def modules(self) -> list[str]:
