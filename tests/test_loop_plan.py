@@ -124,6 +124,8 @@ data {{
 train {{
   steps = 3  global_batch = 4  micro_batch = 2
   optimizer = adamw {{ lr = 1e-2 }}
+  profile {{ first = 2  steps = 1 }}
+  mfu = true
 }}
 validation {{
   source "held" {{ path = "{corpus}" }}
@@ -133,6 +135,7 @@ validation {{
 
 
 @pytest.mark.multiproc
+@pytest.mark.slow
 def test_validation_on_two_processes_equals_one(tmp_path, demo_assets, small_corpus, tiny_llama, python_run):
     plan = tmp_path / "val.veo"
     plan.write_text(PLAN.format(name="val", config=tiny_llama, corpus=small_corpus,
@@ -142,7 +145,9 @@ def test_validation_on_two_processes_equals_one(tmp_path, demo_assets, small_cor
     script = tmp_path / "train_val.py"
     script.write_text(render_script(lower(checked, str(script))))
     torchrun(script, 2, ["--train.output", tmp_path / "two"], log_dir=tmp_path / "logs2")
-    python_run(script, ["--mesh.dp_shard", "1", "--train.output", tmp_path / "one"], log_dir=tmp_path / "logs1")
+    one_proc = python_run(script, ["--mesh.dp_shard", "1", "--train.output", tmp_path / "one"],
+                          log_dir=tmp_path / "logs1")
+    assert "MFU not measured on cpu" in one_proc.stdout  # mfu = true: CUDA only, and the log says so
     two, one = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("two", "one"))
     validated = [r["step"] for r in two if "val_loss" in r]
     assert validated == [2, 3] == [r["step"] for r in one if "val_loss" in r]  # every 2, and the last step
@@ -151,5 +156,7 @@ def test_validation_on_two_processes_equals_one(tmp_path, demo_assets, small_cor
         if "val_loss" in a:
             assert a["val_tokens"] == b["val_tokens"] > 0
             assert abs(a["val_loss"] - b["val_loss"]) <= 1e-5 * b["val_loss"], (a, b)
+    assert not [r for r in one + two if "mfu" in r]
+    assert {p.name for p in (tmp_path / "two" / "profile").iterdir()} == {"trace_rank0.json", "trace_rank1.json"}
     vals = [r["val_loss"] for r in two if "val_loss" in r]
     assert vals[0] != vals[1]  # measured again after the third step
