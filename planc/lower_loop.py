@@ -43,7 +43,7 @@ def lower_loop(lw) -> LoopIR:
             loop.val_sources.append(SourceIR(s.name, fields))
         every = p["validation.every"]
         lw.add("validation.every", every or p["train.steps"] or 0,
-               None if every else "the last step" + (" (0: the last step)" if loop.epochs else ""))
+               None if every else "0: the last step only" if loop.epochs else "the last step")
         batches = p["validation.batches"]
         lw.add("validation.batches", batches or 0, None if batches else "0: one whole pass of the source")
         loop.val_loader_kwargs = [(k.split(".")[1], f"cfg.{k}") for k in _VAL_KEYS if k in keys]
