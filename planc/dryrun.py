@@ -79,11 +79,11 @@ class _Notes:
 def namespace(ir, info, notes: list[str]) -> dict:
     """The names the script's set-up statements use, bound as the generated script binds them:
     `cfg` from the IR's own settings (config.load, as the script's first line runs it)."""
-    from runtime import config, dist, model, optim
+    from runtime import config, dist, lora, model, optim
 
     settings = {s.key: s.value for s in ir.settings}
     return {"cfg": config.load(settings, argv=[], prog=ir.out_path), "info": info, "dist": dist, "models": model,
-            "optim": optim, "log": _Notes(notes)}
+            "optim": optim, "lora": lora, "log": _Notes(notes)}
 
 
 def evaluate(expr, ns: dict, calls: list | None = None):

@@ -119,6 +119,11 @@ class _Lowering:
         has_ckpt = "checkpoint" in p.blocks
         output = p["train.output"] or (None if has_ckpt else f"out/{p.name}")
         self.add("train.output", output)
+        lora = next((r for r in p.rules if r.kind == "lora"), None)
+        if lora is not None:  # runtime.lora.LoraSpec's numbers, from the `lora` line
+            for k in ("rank", "alpha", "dropout"):
+                opt = lora.options[k]
+                self.add(f"lora.{k}", opt.value, f"{self.file}:{(opt.span or lora.span).line}")
         if "fsdp" in kinds:
             self.add("train.param_dtype")
             self.add("train.reduce_dtype")
@@ -223,7 +228,7 @@ _LOOP_IMPORTS = {"tp_loss": ("runtime.parallel.tp", "loss_context"),
 _IMPORT_ORDER = ["runtime.data.multimodal", "runtime.kernels", "runtime.parallel.globs", "runtime.parallel.tp",
                  "runtime.parallel.ep", "runtime.parallel.mesh_ep", "runtime.parallel.ulysses",
                  "runtime.parallel.ulysses_vl", "runtime.parts", "runtime.parallel.checkpointing",
-                 "runtime.parallel.compile", "runtime.parallel.fsdp", "runtime.parallel.ddp"]
+                 "runtime.parallel.offload", "runtime.parallel.compile", "runtime.parallel.fsdp", "runtime.parallel.ddp"]
 # build_loader keywords of the data features a plan may use: settings key -> keyword
 _LOADER_KEYS = ("data.tokens", "data.warmup_steps", "data.chat_template", "data.system_prompt", "data.truncation",
                 "data.shuffle_buffer")

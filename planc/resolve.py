@@ -408,7 +408,8 @@ class _Resolver:
             if v is not _BAD:
                 flags[o.key] = Setting(v, o.value.span, o.span)
         for name, key in sspec.options.items():
-            if key.required and name not in flags:
+            # a written option with a refused value was reported where it is written: not missing too
+            if key.required and name not in flags and not any(o.key == name for o in st.options):
                 self.err("missing-key", f"`{st.name}` needs `{name} = ...` ({key.doc})", st.span,
                          f"e.g. `{st.name} \"model.visual\"  {name} = 0.1`")
                 return

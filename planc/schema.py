@@ -121,6 +121,8 @@ PARALLELIZE = BlockSpec("parallelize", "rules over module-name globs", stmts=Map
     "fsdp": StmtSpec("fsdp", "one FSDP2 unit per matching module (then the root)", "globs", options=_FSDP_OPTS),
     "replicate": StmtSpec("replicate", "plain data-parallel replication (DDP) instead of FSDP", once=True),
     "checkpoint": StmtSpec("checkpoint", "activation checkpointing per matching module", "globs"),
+    "offload": StmtSpec("offload", "the matching modules' saved activations live in host memory (with `checkpoint` "
+                        "on them: only their inputs)", "globs"),
     "compile": StmtSpec("compile", "torch.compile per matching module", "globs"),
     "tp": StmtSpec("tp", "tensor-parallel style over modules", "style+globs", TP_STYLES,
                    options=_keys(Key("plan", "enum", None, "model: the config's base_model_tp_plan; "
@@ -178,6 +180,13 @@ DATA = BlockSpec("data", "what to train on", _keys(
                       "the model family's own value)", body=_MEDIA, once=True),
 }), required=True)
 
+# runtime/lora.py LoraSpec; the script reads them as lora.rank, lora.alpha, lora.dropout
+_LORA = _keys(
+    Key("rank", "int", 16, "rank r of each adapter", min=1, setting="lora.rank"),
+    Key("alpha", "float", 32.0, "scale: the update is multiplied by alpha / rank", above=0, setting="lora.alpha"),
+    Key("dropout", "float", 0.0, "dropout on each adapter's input", min=0, below=1, setting="lora.dropout"),
+)
+
 TRAIN = BlockSpec("train", "the optimisation", _keys(
     # exactly one of steps and epochs (planc/checks/loop.py: train-length)
     Key("steps", "int", None, "optimizer steps", min=1),
@@ -206,6 +215,8 @@ TRAIN = BlockSpec("train", "the optimisation", _keys(
     ), once=True),
     "freeze": StmtSpec("freeze", "no gradient and no optimizer state for the matching modules' parameters "
                        "(e.g. a vision tower)", "globs"),
+    "lora": StmtSpec("lora", "LoRA adapters (peft) on the matching nn.Linear modules; every other parameter is "
+                     "frozen, checkpoints hold the adapters", "globs", options=_LORA, once=True),
     "lr": StmtSpec("lr", "the matching modules' parameters at their own learning rate: `scale` times the "
                    "optimizer's lr", "globs", options=_keys(Key("scale", "float", REQUIRED,
                                                                  "factor on train.lr", above=0))),

@@ -1,5 +1,6 @@
 """The parallelize steps: for each kind of rule, the runtime calls it becomes, in the one order
-that composes (TP/EP/SP -> activation checkpointing -> compile -> FSDP bottom-up / replication).
+that composes (LoRA -> TP/EP/SP -> activation checkpointing and offloading -> compile -> FSDP bottom-up /
+replication).
 
 This is the one description of parallelize: `planc compile` renders these statements into the
 script and `planc check --dry-run` executes them (planc/dryrun.py). A new step kind is a builder
@@ -26,6 +27,7 @@ class Rules:
     kinds: set  # every rule kind the plan uses
     modules: dict  # id(rule) -> module names its globs match
     model_kind: str = "text"  # text | vl (planc.model_tree.ModelTree.kind)
+    ep_rules: list = None  # the plan's ep rules (LoRA checks its targets against their experts)
 
     def where(self, rule) -> str:
         return f"{self.file}:{rule.span.line}"
@@ -103,6 +105,27 @@ def freeze(r: Rules) -> list[Step]:
     return [r.step(why, stmts)]
 
 
+def lora(r: Rules) -> list[Step]:
+    """Adapters first, on the plain model: peft wraps the nn.Linear targets in place (names kept)."""
+    x = r.rules[0]
+    spec = Call("runtime.lora", "LoraSpec", (), tuple((k, Code(f"cfg.lora.{k}")) for k in ("rank", "alpha", "dropout"))
+                + (("targets", r.globs()),), via="lora")
+    experts = (("expert_modules", _expand(r.globs(r.ep_rules))),) if "ep" in r.kinds else ()
+    stmts = [Stmt(spec, ("lora_spec",), where=r.where(x)),
+             Stmt(Call("runtime.lora", "check_layout", (Code("lora_spec"), Code("mesh.degrees")), experts, via="lora"),
+                  note="refused here: tp > 1, and targets inside the experts ep shards"),
+             Stmt(Call("runtime.lora", "apply_lora", (Code("model"), Code("lora_spec")), via="lora"))]
+    why = "LoRA first, on the plain model: adapters beside the targets, every other parameter frozen"
+    return [r.step(why, stmts)]
+
+
+def offload(r: Rules) -> list[Step]:
+    why = "offload the blocks' saved activations to host memory (outside checkpointing: then only their inputs)"
+    return [Rules(r.kind, [x], r.file, r.kinds, r.modules).step(why, [Stmt(
+        Call("runtime.parallel.offload", "apply_activation_offload", (Code("model"), r.globs([x]))),
+        where=r.where(x))]) for x in r.rules]
+
+
 def checkpoint(r: Rules) -> list[Step]:
     why = "checkpoint whole blocks before FSDP wraps them, so the recomputation gathers weights again"
     return [Rules(r.kind, [x], r.file, r.kinds, r.modules).step(why, [Stmt(
@@ -141,8 +164,8 @@ def replicate(r: Rules) -> list[Step]:
 
 
 # kind -> builder, in the one order that composes
-STEPS = {"tp": tp, "ep": ep, "sp": sp, "freeze": freeze, "checkpoint": checkpoint, "compile": compile_,
-         "fsdp": fsdp, "replicate": replicate}
+STEPS = {"lora": lora, "tp": tp, "ep": ep, "sp": sp, "freeze": freeze, "checkpoint": checkpoint,
+         "offload": offload, "compile": compile_, "fsdp": fsdp, "replicate": replicate}
 ORDER = list(STEPS)
 # rule kinds that are not set-up steps: they shape the optimizer (planc/lower.py)
 OPTIMIZER_RULES = {"lr"}
@@ -167,5 +190,6 @@ def build_steps(plan, file: str, matches: dict, model_kind: str = "text") -> lis
     for kind in ORDER:
         rules = [r for r in plan.rules if r.kind == kind]
         if rules:
-            out += STEPS[kind](Rules(kind, rules, file, kinds, modules, model_kind))
+            out += STEPS[kind](Rules(kind, rules, file, kinds, modules, model_kind,
+                                     [r for r in plan.rules if r.kind == "ep"]))
     return out

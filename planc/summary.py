@@ -66,7 +66,7 @@ def _lines(checked, rep=None) -> list[str]:
             lines.append(f"  batch       {line}")
     if ctx.tree is not None:
         for kind, label in (("fsdp", "fsdp"), ("checkpoint", "checkpoint"), ("tp", "tp"), ("sp", "sp"),
-                            ("ep", "ep"), ("compile", "compile")):
+                            ("ep", "ep"), ("compile", "compile"), ("offload", "offload"), ("lora", "lora")):
             mods = [m for _, names in ctx.rule_modules(kind) for m in names]
             if mods:
                 suffix = " + root" if kind == "fsdp" else ""

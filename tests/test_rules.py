@@ -47,6 +47,9 @@ CASES = {
     "range": ([("micro_batch = 2", "micro_batch = 0")], "0\n", "error", None),
     "unknown-value": ([("pack      = greedy", "pack      = gready")], "gready", "error", None),
     "mesh-auto": ([("dp_shard = 2", "dp_shard = auto")], "dp_shard = auto", "error", None),
+    "train-parts": ([("  steps = 10  global_batch = 8  micro_batch = 2\n",
+                      '  steps = 10  global_batch = 8  micro_batch = 2\n  freeze "model" "lm_head"\n')],
+                    'freeze "model"', "error", None),
     "mesh-product": ([], "dp_shard = 2", "error", 4),
     "mesh-unsupported": ([("device = cpu", "device = cpu  pp = 2")], "pp = 2", "error", None),
     "ep-divides": ([("device = cpu", "device = cpu  ep = 4")], "ep = 4", "error", None),
@@ -97,6 +100,8 @@ CASES = {
     "moe-aux-loss": ([("steps = 10", "moe_aux_loss = 0.01\n  steps = 10")], "moe_aux_loss = 0.01", "warning", None),
     "attention-device": ([("attention = sdpa", "attention = flash_attention_2")], "attention = flash", "error", None),
     "kernel-device": ([("checkpoint { dir", "kernels { rmsnorm = triton }\ncheckpoint { dir")], "rmsnorm", "warning", None),
+    "lora-target": ([("steps = 10", 'lora "model.layers.*.mlp"\n  steps = 10')], '"model.layers.*.mlp"', "error", None),
+    "lora-layout": ([("dp_shard = 2", "dp_shard = 2  tp = 2"), ("steps = 10", 'lora "model.layers.*.self_attn.q_proj"\n  steps = 10')], 'lora "', "error", None),
 }
 
 UNTESTED_HERE = {"plan-file"}  # tested below

@@ -179,6 +179,16 @@ def _gpus_per_node(v):
     Layout.from_degrees(dict(dp_replicate=1, dp_shard=2, sp=1, tp=2, ep=1)).spans_nodes("tp", v)
 
 
+def _lora(**kw):
+    """runtime.lora.LoraSpec and peft's LoraConfig with the value, and one forward of an adapted layer."""
+    from runtime import lora
+
+    spec = lora.LoraSpec(**{"rank": 2, "alpha": 4.0, "dropout": 0.0, "targets": ("1",), **kw})
+    model = _model()
+    lora.apply_lora(model, spec)
+    assert torch.isfinite(model(torch.tensor([1, 2]))).all()
+
+
 # setting -> a call that feeds the value where a generated script (or planc itself) uses it
 CONSUMERS = {
     "mesh.world": _degrees("dp_shard"),
@@ -207,6 +217,9 @@ CONSUMERS = {
     "train.clip": lambda v: __import__("runtime.optim", fromlist=["x"]).clip_grad_norm(
         [p for p in _optimizer().param_groups[0]["params"]], v),
     "train.lr.scale": lambda v: _optimizer(parts=[("1", 1e-3 * v)]),
+    "train.lora.rank": lambda v: _lora(rank=v),
+    "train.lora.alpha": lambda v: _lora(alpha=v),
+    "train.lora.dropout": lambda v: _lora(dropout=v),
     "data.patches": lambda v: _loader(max_len=8, micro_batch=2, patches=v),
     **{f"data.{k}": (lambda k: lambda v: _media(**{k: v}))(k) for k in (
         "min_pixels", "max_pixels", "video_fps", "video_min_frames", "video_max_frames", "video_min_pixels",
@@ -318,6 +331,9 @@ def _plan_with(ws, setting, key, where, value_text) -> tuple[str, str]:
     if kind == "body" and where[1] == "profile":
         line = "  steps = 10  global_batch = 8  micro_batch = 2\n"
         return text.replace(line, f"{line}  profile {{ {assign} }}\n"), assign
+    if kind == "rule" and where[1] == "lora":
+        line = "  steps = 10  global_batch = 8  micro_batch = 2\n"
+        return text.replace(line, f'{line}  lora "model.layers.*.self_attn.q_proj" {assign}\n'), assign
     if kind == "body" and where[1] == "source":
         return text.replace('text = "text" }', f'text = "text"  {assign} }}'), assign
     raise AssertionError(f"no way to write {setting} into the base plan ({where})")

@@ -33,6 +33,12 @@ KINDS = {
     "freeze_and_lr": [("  steps = 10  global_batch = 8  micro_batch = 2\n",
                        '  steps = 10  global_batch = 8  micro_batch = 2\n  freeze "model.layers.0"\n'
                        '  lr "model.layers.1" scale = 0.5\n')],
+    "lora": [("  steps = 10  global_batch = 8  micro_batch = 2\n",
+              '  steps = 10  global_batch = 8  micro_batch = 2\n  lora "model.layers.*.self_attn.{q,v}_proj"  rank = 4\n')],
+    "lora_ep": [("/llama", "/moe"), ("dp_shard = 2", "dp_shard = 2  ep = 2"),
+                ('checkpoint "model.layers.*"', 'ep "model.layers.*.mlp.experts"'),
+                ("  steps = 10", '  lora "model.layers.*.self_attn.q_proj"\n  steps = 10')],
+    "offload": [('checkpoint "model.layers.*"', 'checkpoint "model.layers.*"\n  offload "model.layers.*"')],
     "ep_two_rules": [("/llama", "/moe"), ("dp_shard = 2", "dp_shard = 2  ep = 2"),
                      ('checkpoint "model.layers.*"', 'ep "model.layers.0.mlp.experts"\n  ep "model.layers.1.mlp.experts"')],
 }
@@ -60,7 +66,7 @@ def _script_calls(text: str) -> list[str]:
     body = tree.body
     first = next(i for i, n in enumerate(body) if "build_mesh" in ast.unparse(n))
     last = next(i for i, n in enumerate(body) if ast.unparse(n).startswith("optimizer = "))
-    skip = ("metrics.Metrics(", "log.info(f'plan ", "models.materialize(", "torch.manual_seed(")
+    skip = ("metrics.Metrics(", "log.info(f'plan ", "models.materialize(", "lora.materialize(", "torch.manual_seed(")
     calls: list[str] = []
 
     def visit(node):

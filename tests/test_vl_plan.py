@@ -231,3 +231,14 @@ def test_text_only_paths_are_refused(tmp_path, data):
     assert "vl-text-only" in [e[0] for e in errors(checked)], errors(checked)
     checked, _ = check(tmp_path, plan_text(data) + "kernels { fused_ce = torch }\n")
     assert [e[0] for e in errors(checked)] == ["kernel-model"], errors(checked)
+
+
+def test_parts_overlap_and_frozen_rates(tmp_path, data):
+    """One rate per parameter; a rate on frozen parameters is a warning; a refused scale is one error."""
+    checked, _ = check(tmp_path, plan_text(data, train_extra='lr "model.visual" scale = 0.5\n'
+                                                            '  lr "model.visual.blocks.*" scale = 0.2'))
+    assert [e[0] for e in errors(checked)] == ["train-parts"], errors(checked)
+    checked, _ = check(tmp_path, plan_text(data, train_extra='freeze "model.visual"\n  lr "model.visual" scale = 0.5'))
+    assert checked.ok and [e[0] for e in errors(checked, "warning")] == ["train-parts"], errors(checked, "warning")
+    checked, _ = check(tmp_path, plan_text(data, train_extra='lr "model.visual" scale = 0'))
+    assert [e[0] for e in errors(checked)] == ["range"], errors(checked)

@@ -7,11 +7,49 @@ RULES = {
     "cpu-dtype": "a CPU plan trains in fp32 (bf16 is ~18x slower on this kind of CPU)",
     "mixed-precision": "mixed_precision needs FSDP units to apply it",
     "moe-aux-loss": "moe_aux_loss weighs an MoE router's load-balancing loss: a warning when the model has none",
+    "train-parts": "`freeze` leaves parameters to train; no parameter gets two `lr` rates (an `lr` on frozen "
+                   "parameters is a warning)",
 }
+
+
+def _parts(ctx) -> None:
+    """freeze / lr: the same module matcher and `under` test as runtime.parts, on the meta model."""
+    from ..model_tree import match
+
+    rules = [r for r in ctx.plan.rules if r.kind in ("freeze", "lr")]
+    if not rules or ctx.tree is None or getattr(ctx.tree, "model", None) is None:
+        return
+    params = [n for n, _ in ctx.tree.model.named_parameters()]
+
+    def owned(rule) -> set[str]:
+        mods = [m for g in rule.globs for m in match(ctx.tree, g.pattern)]
+        return {n for n in params if any(m == "" or n.startswith(m + ".") for m in mods)}
+
+    frozen: set[str] = set()
+    for r in (r for r in rules if r.kind == "freeze"):
+        frozen |= owned(r)
+    if params and frozen >= set(params):
+        last = [r for r in rules if r.kind == "freeze"][-1]
+        ctx.error("train-parts", f"`freeze` covers all {len(params)} parameters of the model: nothing is left to "
+                  "train", last.span, "freeze a part (e.g. the vision tower), or train with LoRA")
+        return
+    rated: dict[str, object] = {}
+    for r in (r for r in rules if r.kind == "lr"):
+        mine = owned(r)
+        clash = next((rated[n] for n in sorted(mine) if n in rated), None)
+        if clash is not None:
+            ctx.error("train-parts", f"these parameters already have a rate from the `lr` rule at line "
+                      f"{clash.span.line}", r.span, "give each part one `lr` rule (globs that do not overlap)")
+            return
+        rated.update((n, r) for n in mine)
+        if mine and mine <= frozen:
+            ctx.warn("train-parts", "every parameter this `lr` rule matches is frozen: the rate has no effect",
+                     r.span, "drop the `lr` rule or the `freeze`")
 
 
 def check(ctx) -> None:
     p = ctx.plan
+    _parts(ctx)
     aux = p.settings.get("train.moe_aux_loss")
     if aux is not None and aux.written and ctx.tree is not None:
         from ..model_tree import num_experts

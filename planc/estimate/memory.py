@@ -10,7 +10,9 @@ The rest is the same on every rank:
 - reduce: the largest unit's unsharded gradients, in the compute dtype and again in the reduce
   dtype (the reduce-scatter input);
 - activations: planc.estimate.activations for every decoder layer (a checkpointed layer keeps its
-  input, and one layer is recomputed at a time in backward), plus the final norm and head inputs;
+  input, and one layer is recomputed at a time in backward; an offloaded layer keeps nothing on the
+  device until backward brings its tensors back, one layer at a time), plus the final norm and
+  head inputs;
 - logits: tokens x (local) vocabulary x (compute bytes + 4 + 4): the logits, their fp32 copy for
   the cross-entropy and its saved log-softmax; with `kernels { fused_ce }` one chunk of them.
 """
@@ -94,8 +96,10 @@ def shared_parts(ctx, params=None) -> tuple[dict[str, float], dict[str, float], 
     seq_tp = "sequence" in styles.values()
     t, u = d["tp"], d["sp"]
     ckpt = checkpointed_layers(ctx)
+    layers = set(layer_prefixes(tree))
+    offloaded = {m for _, mods in ctx.rule_modules("offload") for m in mods if m in layers}
     attention = plan["model.attention"]
-    acts, peak, terms = 0.0, 0.0, {}
+    acts, peak, terms, moved = 0.0, 0.0, {}, 0.0
     for i, layer in enumerate(layer_prefixes(tree)):
         L = shape_of(tree.text_config, tree, i, attention)
         kw = dict(t=t if styles else 1, seq_tp=seq_tp, u=u)
@@ -105,10 +109,15 @@ def shared_parts(ctx, params=None) -> tuple[dict[str, float], dict[str, float], 
 
             terms = layer_terms(L, w.seq, w.rows, c, **kw)
         if layer in ckpt:
-            acts += checkpointed_layer_bytes(L, w.seq, w.rows, c, t=t if styles else 1, seq_tp=seq_tp, u=u)
+            kept = checkpointed_layer_bytes(L, w.seq, w.rows, c, t=t if styles else 1, seq_tp=seq_tp, u=u)
             peak = max(peak, full)
         else:
-            acts += full
+            kept = full
+        if layer in offloaded:  # in host memory until backward brings this one layer's back
+            moved += kept
+            peak = max(peak, kept if layer not in ckpt else full)
+        else:
+            acts += kept
     h = tree.text_config.hidden_size
     rep = t if seq_tp else 1
     rotary = rotary_bytes(shape_of(tree.text_config, tree, 0, attention), w.seq, w.rows, c, u=u)
@@ -127,6 +136,12 @@ def shared_parts(ctx, params=None) -> tuple[dict[str, float], dict[str, float], 
         parts["logits"] = tokens * v_local * (c + 8)
     if plan["model.attention"] == "eager":
         notes.append("eager attention stores every layer's s x s scores; sdpa does not")
+    if offloaded:
+        notes.append(f"offload: {moved / 2**20:.2f} MiB of saved activations per rank live in host memory instead of "
+                     f"the device ({len(offloaded)} layer{'s' * (len(offloaded) != 1)}; one layer's come back at a "
+                     "time in backward)")
+    if {m for _, mods in ctx.rule_modules("offload") for m in mods} - offloaded:
+        notes.append("offload rules on modules other than whole decoder layers are not modelled")
     other = {m for _, mods in ctx.rule_modules("checkpoint") for m in mods} - ckpt
     if other:
         notes.append("checkpoint rules on modules other than whole decoder layers are not modelled")

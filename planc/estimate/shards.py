@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..checks.lora import lora_targets
 from ..layout import Layout
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -122,14 +123,18 @@ def param_layouts(ctx) -> list[ParamLayout]:
     units = fsdp_units(ctx) if fsdp else []
     tied_extra = {q for group in tree.tied for q in group[1:]}
     frozen = [m for _, mods in ctx.rule_modules("freeze") for m in mods]
+    rank, adapted = lora_targets(ctx)  # LoRA: every base parameter frozen, adapters beside the targets
     out = []
     for module in tree.modules:
+        if module in adapted:
+            out += _adapters(module, tree.param_shape[f"{module}.weight"], rank, fsdp and next(
+                (u for u in units if module.startswith(u + ".")), ""))
         for q in tree.direct_params.get(module, []):
             if q in tied_extra:
                 continue
             pname = q.rpartition(".")[2]
             p = ParamLayout(q, tuple(tree.param_shape[q]), style=styles.get(module),
-                            frozen=any(q.startswith(m + ".") for m in frozen))
+                            frozen=bool(adapted) or any(q.startswith(m + ".") for m in frozen))
             dim = _tp_cut(p.style, pname)
             if dim is not None:
                 p.cuts.append((dim, "tp"))
@@ -144,6 +149,20 @@ def param_layouts(ctx) -> list[ParamLayout]:
                     p.unit = next((u for u in units if q.startswith(u + ".")), "")
                     p.cuts.append((0, "fsdp"))
             out.append(p)
+    return out
+
+
+def _adapters(module: str, weight: tuple, rank: int, unit) -> list[ParamLayout]:
+    """peft's lora_A (rank x in) and lora_B (out x rank) of one adapted nn.Linear, sharded by
+    FSDP2 on dim 0 in the unit of their layer (`unit` False: no FSDP)."""
+    out_f, in_f = weight
+    out = []
+    for ab, shape in (("A", (rank, in_f)), ("B", (out_f, rank))):
+        p = ParamLayout(f"{module}.lora_{ab}.default.weight", shape)
+        if unit is not False:
+            p.unit = unit
+            p.cuts.append((0, "fsdp"))
+        out.append(p)
     return out
 
 

@@ -25,6 +25,8 @@ def check_export(run_dir: Path) -> dict:
     dcp_to_torch_save(ckpts[-1], flat)
     saved = torch.load(flat, weights_only=False)["model"]
     flat.unlink()
+    if saved and all(".lora_" in k for k in saved):  # a LoRA run: its checkpoints hold the adapters only
+        return _check_lora_export(run_dir / "checkpoints", saved, ckpts[-1].name)
     export = run_dir / "checkpoints" / "hf"
     model, info = auto_class(AutoConfig.from_pretrained(export)).from_pretrained(export, output_loading_info=True)
     state = model.state_dict()
@@ -36,3 +38,25 @@ def check_export(run_dir: Path) -> dict:
     problems += [f"{k}: differs from the checkpoint" for k in sorted(set(saved) & set(state))
                  if state[k].dtype == saved[k].dtype and not torch.equal(state[k], saved[k])][:3]
     return {"tensors": len(saved), "problems": problems, "checkpoint": ckpts[-1].name}
+
+
+def _check_lora_export(out: Path, saved: dict, checkpoint: str) -> dict:
+    """A LoRA run (runtime.lora.export): OUT/adapter holds the checkpoint's adapters bitwise (peft
+    names them without the adapter name), and OUT/hf, the merged model, loads with every weight."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from runtime.lora import ADAPTER
+    from runtime.model import auto_class
+
+    adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    want = {"base_model.model." + k.replace(f".{ADAPTER}.", "."): v for k, v in saved.items()}
+    problems = [f"not in the adapter: {k}" for k in sorted(set(want) - set(adapter))[:3]]
+    problems += [f"{k}: differs from the checkpoint" for k in sorted(set(want) & set(adapter))
+                 if adapter[k].dtype != want[k].dtype or not torch.equal(adapter[k], want[k])][:3]
+    merged = out / "hf"
+    _, info = auto_class(AutoConfig.from_pretrained(merged)).from_pretrained(merged, output_loading_info=True)
+    problems += [f"merged model {kind}: {names[:3]}" for kind, names in (
+        ("missing", sorted(info["missing_keys"])), ("unexpected", sorted(info["unexpected_keys"]))) if names]
+    return {"tensors": len(saved), "problems": problems, "checkpoint": checkpoint}
