@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_fmt)
 
     _add_verify(sub)
+    from .cli_loop import add_commands  # import, sample
+
+    add_commands(sub)
 
     c = sub.add_parser("demo-data", help="make the demo's corpus and tokenizer", description="Write the "
                        "demo corpus (this Python's own stdlib sources, as jsonl) and train its tokenizer; "

@@ -55,11 +55,12 @@ def settings_lines(ir: ScriptIR) -> list[str]:
     return [f"{h.ljust(width)}# {s.where}" for h, s in zip(heads, ir.settings)]
 
 
-def source_lines(ir: ScriptIR, width: int = 100) -> list[str]:
-    """`Source(...)` calls, wrapped one field per line when a call would be too wide."""
+def source_lines(ir: ScriptIR, width: int = 100, sources=None, block: str = "data") -> list[str]:
+    """`Source(...)` calls, wrapped one field per line when a call would be too wide (`sources`:
+    another block's, e.g. validation's)."""
     out = []
-    for s in ir.sources:
-        args = [f"name={_lit(s.name)}"] + [f"{f}=cfg.data.{s.name}.{f}" for f in s.fields]
+    for s in ir.sources if sources is None else sources:
+        args = [f"name={_lit(s.name)}"] + [f"{f}=cfg.{block}.{s.name}.{f}" for f in s.fields]
         one = f"Source({', '.join(args)}),"
         out += [one] if len(one) + 4 <= width else [f"Source({args[0]},"] + [
             f"       {a}," for a in args[1:-1]] + [f"       {args[-1]}),"]
@@ -134,7 +135,8 @@ def _render(ir: ScriptIR, literal) -> str:
         return env.get_template("train.py.j2").render(
             ir=ir, settings=settings_lines(ir), source_lines=source_lines(ir),
             shown_path=docstring_path(ir.out_path), keys={s.key for s in ir.settings},
-            loader_extra=loader_lines(ir))
+            loader_extra=loader_lines(ir),
+            val_source_lines=source_lines(ir, sources=ir.loop.val_sources, block="validation"))
     finally:
         _LITERAL = saved
 

@@ -85,6 +85,47 @@ class SourceIR:
     fields: list[str]  # the source keys the script passes (path, format, text, ...)
 
 
+def _wrapped(pairs, indent: int) -> str:
+    """`k=expr, ` keywords, each line of them under ~76 columns, each line ending in a newline and
+    the indent, so the keyword written after them starts a line of its own ("" for none)."""
+    lines, line = [], ""
+    for k, e in pairs:
+        if line and len(line) + len(k) + len(e) + 3 > 76:
+            lines.append(line.rstrip())
+            line = ""
+        line += f"{k}={e}, "
+    lines += [line.rstrip()] if line else []
+    return "".join(f"{x}\n{' ' * indent}" for x in lines)
+
+
+@dataclass
+class LoopIR:
+    """The training-loop features a plan uses (planc/lower_loop.py); each adds lines only when on."""
+
+    epochs: bool = False  # the run's length is counted from the data at start-up (`steps`)
+    val_sources: list = field(default_factory=list)  # SourceIR of the validation block ([] = no validation)
+    val_loader_kwargs: list = field(default_factory=list)  # build_val_loader keyword -> expression
+    profile: bool = False
+    tracker: bool = False
+    mfu: str = ""  # the MFU(...) keywords after `model, ` ("" = no MFU)
+    epoch_kwargs: list = field(default_factory=list)  # epoch_steps keyword -> expression
+    where: dict = field(default_factory=dict)  # feature -> plan line
+
+    @property
+    def val_kwargs_text(self) -> str:
+        return _wrapped(self.val_loader_kwargs, 41)
+
+    @property
+    def epoch_kwargs_text(self) -> str:
+        return _wrapped(self.epoch_kwargs, 20)
+
+    @property
+    def modules(self) -> list[str]:
+        """`from runtime import ...` names the loop features need."""
+        return [m for m, on in (("mfu", self.mfu), ("profiling", self.profile), ("trackers", self.tracker),
+                                ("validation", self.val_sources)) if on]
+
+
 @dataclass
 class ScriptIR:
     name: str
@@ -121,6 +162,7 @@ class ScriptIR:
     processor_kwargs: list[tuple[str, str]] = field(default_factory=list)  # VL build_processor keyword -> expression
     features: set[str] = field(default_factory=set)  # step kinds, plus "kernels"
     objective: str = "causal_lm"  # causal_lm | block_diffusion (runtime.vocab.OBJECTIVES)
+    loop: LoopIR = field(default_factory=LoopIR)  # validation, epochs, profiling, trackers, MFU
 
     def setup(self) -> list[tuple[str, list[Stmt]]]:
         """The set-up in the order the script runs it: what the dry run executes."""

@@ -11,6 +11,7 @@ from .checks.vision import media_settings
 from .commands import launch
 from .ir import Call, Code, Items, ScriptIR, SettingLine, SourceIR, Stmt
 from .layout import DIMS, Layout
+from .lower_loop import lower_loop
 from .model_tree import num_experts
 from .schema import DATA, KERNELS
 from .steps import build_steps
@@ -105,7 +106,7 @@ class _Lowering:
         for k in data_keys:
             self.add(k)
         # train
-        for k in ("train.steps", "train.global_batch", "train.micro_batch", "train.lr", "train.weight_decay",
+        for k in ("train.epochs" if p["train.epochs"] else "train.steps", "train.global_batch", "train.micro_batch", "train.lr", "train.weight_decay",
                   "train.betas", "train.eps", "train.schedule", "train.warmup"):
             self.add(k)
         if p["train.schedule"] != "constant":
@@ -132,9 +133,10 @@ class _Lowering:
         if "fsdp" in kinds:
             self.add("train.param_dtype")
             self.add("train.reduce_dtype")
+        loop = lower_loop(self)  # validation, epochs, profiling, trackers, MFU: only what the plan uses
         if has_ckpt:
             self.add("checkpoint.dir")
-            self.add("checkpoint.every", p["checkpoint.every"] or p["train.steps"])
+            self.add("checkpoint.every", p["checkpoint.every"] or p["train.steps"] or 0)  # 0 (epochs): the end
             self.add("checkpoint.keep")
             self.add("checkpoint.export")
         kernels = {}
@@ -157,7 +159,7 @@ class _Lowering:
             # with any TP the logits may come out vocab-sharded (a `loss` rule, or the model's own plan):
             # the loop then computes cross-entropy and backward under loss_parallel (a no-op otherwise)
             tp_loss="tp" in kinds, tp_sequence=tp_sequence, moe_aux=moe_aux, gpus_per_node=p["mesh.gpus_per_node"],
-            modality=ctx.tree.kind, objective=p["train.objective"])
+            modality=ctx.tree.kind, objective=p["train.objective"], loop=loop)
         return derive(ir)
 
     # the set-up statements the script runs and the dry run executes (planc/ir.py) -----------------

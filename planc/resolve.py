@@ -84,6 +84,7 @@ class Plan:
     block_spans: dict[str, Span] = field(default_factory=dict)  # block name -> its whole extent
     rules: list[Rule] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
+    val_sources: list[Source] = field(default_factory=list)  # the `validation` block's sources
 
     def __getitem__(self, key: str):
         return self.settings[key].value
@@ -333,12 +334,13 @@ class _Resolver:
                      f'write `{st.name} "web" {{ path = "..." }}`')
             return
         name = st.args[0].value
-        if any(s.name == name for s in self.plan.sources):
+        into = self.plan.sources if spec.name == "data" else self.plan.val_sources  # data or validation
+        if any(s.name == name for s in into):
             self.err("duplicate-key", f"two sources are named {elide(repr(name))}", st.args[0].span, "give each a name of its own")
             return
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in spec.keys:
-            self.err("source-name", f"source name {elide(repr(name))} cannot name a setting (data.NAME.path)",
-                     st.args[0].span, "use letters, digits and `_`, and not a key of `data`")
+            self.err("source-name", f"source name {elide(repr(name))} cannot name a setting ({spec.name}.NAME.path)",
+                     st.args[0].span, f"use letters, digits and `_`, and not a key of `{spec.name}`")
             return
         src = Source(name, st.span, {})
         if st.body is None:
@@ -352,16 +354,16 @@ class _Resolver:
                          suggest(entry.name, sspec.body, "keys of a source"))
                 self.typo(written, entry.name, sspec.body)
                 continue
-            self.assign(spec, entry, written, prefix=f"data.{name}", keys=sspec.body, where=f"source {name!r}")
+            self.assign(spec, entry, written, prefix=f"{spec.name}.{name}", keys=sspec.body, where=f"source {name!r}")
         for key in sspec.body.values():
-            full = f"data.{name}.{key.name}"
+            full = f"{spec.name}.{name}.{key.name}"
             if key.required and self.missing(written, key.name):
                 self.err("missing-key", f"source {name!r} needs `{key.name}` ({key.doc})", st.name_span,
                          f"add `{key.name} = ...`")
             setting = self.plan.settings.get(full) or Setting(None if key.required else key.default)
             self.plan.settings[full] = setting
             src.settings[key.name] = setting
-        self.plan.sources.append(src)
+        into.append(src)
 
     def rule(self, sspec: S.StmtSpec, st: Stmt):
         if st.body is not None:

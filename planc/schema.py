@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from runtime.vocab import (
     ANY_CHAT_TEMPLATE, ATTENTIONS, BAD_RECORD_POLICIES, DEVICES, DTYPES, KERNEL_BACKENDS, KERNEL_OPS, MASK_TOKEN, OBJECTIVES,
-    PACKS, SCHEDULES, SOURCE_FORMATS, SOURCE_KINDS, TP_STYLES, TRUNCATIONS,
+    PACKS, SCHEDULES, SOURCE_FORMATS, SOURCE_KINDS, TP_STYLES, TRACKERS, TRUNCATIONS,
 )
 
 from .layout import DIMS, WORLD_DIMS
@@ -196,7 +196,9 @@ _LORA = _keys(
 )
 
 TRAIN = BlockSpec("train", "the optimisation", _keys(
-    Key("steps", "int", REQUIRED, "optimizer steps", min=1),
+    # exactly one of steps and epochs (planc/checks/loop.py: train-length)
+    Key("steps", "int", None, "optimizer steps", min=1),
+    Key("epochs", "int", None, "passes over the data instead of `steps` (map-style sources)", min=1),
     Key("global_batch", "int", REQUIRED, "rows per step over all data-parallel ranks", min=1),
     Key("micro_batch", "int", 1, "rows per forward/backward on one rank", min=1),
     Key("optimizer", "enum", "adamw", "optimizer", choices=("adamw",),
@@ -213,7 +215,14 @@ TRAIN = BlockSpec("train", "the optimisation", _keys(
     Key("output", "path", None, "where metrics.jsonl goes (default: checkpoint.dir)"),
     Key("moe_aux_loss", "float", None, "MoE load-balancing loss weight (default: the config's router_aux_loss_coef)",
         min=0),
+    Key("tracker", "enum", None, "also log to tensorboard or wandb (offline)", choices=TRACKERS),
+    Key("mfu", "bool", False, "model FLOPs utilisation in the log (CUDA; on CPU the log says not measured)"),
+    Key("peak_tflops", "float", None, "the device's peak TFLOPS for MFU (default: runtime/mfu.py's table)", above=0),
 ), stmts=MappingProxyType({
+    "profile": StmtSpec("profile", "a torch.profiler trace of a few steps (DIR/profile/trace_rank{r}.json)", body=_keys(
+        Key("first", "int", 3, "first profiled step", min=1, setting="profile.first"),
+        Key("steps", "int", 2, "profiled steps", min=1, setting="profile.steps"),
+    ), once=True),
     "freeze": StmtSpec("freeze", "no gradient and no optimizer state for the matching modules' parameters "
                        "(e.g. a vision tower)", "globs"),
     "lora": StmtSpec("lora", "LoRA adapters (peft) on the matching nn.Linear modules; every other parameter is "
@@ -236,6 +245,14 @@ CHECKPOINT = BlockSpec("checkpoint", "DCP checkpoints and the HF export", _keys(
     Key("export", "enum", "hf", "write DIR/hf at the end", choices=("hf", "none")),
 ))
 
+VALIDATION = BlockSpec("validation", "held-out loss every N steps and at the end", _keys(
+    Key("every", "int", None, "validate every N steps (default: at the end only)", min=1),
+    Key("batches", "int", None, "validation steps of global_batch rows each (default: one whole pass of a "
+        "single source)", min=1),
+), stmts=MappingProxyType({
+    "source": StmtSpec("source", "a held-out source (the keys of a data source)", "label", body=_SOURCE),
+}))
+
 KERNEL_CHOICES = KERNEL_BACKENDS + ("off",)  # off: the op is not swapped in
 _KERNEL_DOCS = {"rmsnorm": "RMSNorm", "swiglu": "SwiGLU / GeGLU act-and-mul", "rotary": "rotary embedding",
                 "fused_ce": "chunked linear + cross-entropy (no full logits)", "moe": "MoE grouped GEMM"}
@@ -243,5 +260,5 @@ KERNELS = BlockSpec("kernels", "fused kernels per operation", _keys(
     *(Key(op, "enum", "off", _KERNEL_DOCS[op], choices=KERNEL_CHOICES) for op in KERNEL_OPS)))
 
 BLOCKS: Mapping[str, BlockSpec] = MappingProxyType(
-    {b.name: b for b in (MODEL, MESH, PARALLELIZE, DATA, TRAIN, CHECKPOINT, KERNELS)})
+    {b.name: b for b in (MODEL, MESH, PARALLELIZE, DATA, TRAIN, VALIDATION, CHECKPOINT, KERNELS)})
 TOP_LEVEL = ("plan",) + tuple(BLOCKS)

@@ -81,9 +81,15 @@ def _lines(checked, rep=None) -> list[str]:
         lines.append(f"  data        {srcs}; pack = {plan['data.pack']}")
         if ctx.data_estimate:
             lines += ["              " + line for line in ctx.data_estimate.splitlines()]
+    lines += [f"  steps       {note}" for note in ctx.notes if note.startswith("epochs = ")]  # checks/loop.py
+    if plan.val_sources:
+        every, batches = plan["validation.every"], plan["validation.batches"]
+        lines.append(f"  validation  {', '.join(shown(s.name) for s in plan.val_sources)}: "
+                     + (f"every {every} steps and " if every else "") + "at the end, "
+                     + (f"{batches} batches" if batches else "one whole pass"))
     if "checkpoint" in plan.blocks:
         every = plan["checkpoint.every"] or plan["train.steps"]
-        lines.append(f"  checkpoint  {shown(plan['checkpoint.dir'])} every {every} steps, keep {plan['checkpoint.keep']}, "
+        lines.append(f"  checkpoint  {shown(plan['checkpoint.dir'])} {f'every {every} steps' if every else 'at the end'}, keep {plan['checkpoint.keep']}, "
                      f"export {plan['checkpoint.export']}")
     for note in ctx.notes:  # planc/checks/diffusion.py: the objective, and a trusted model's own code
         for label in ("objective", "remote code"):

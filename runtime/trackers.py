@@ -26,7 +26,7 @@ from pathlib import Path
 
 __all__ = ["KINDS", "TensorBoardSink", "WandbSink", "build"]
 
-KINDS = ("tensorboard", "wandb")
+from runtime.vocab import TRACKERS as KINDS  # noqa: E402
 
 
 def _scalars(record: dict) -> dict:

@@ -36,6 +36,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 # (runtime/diffusion/, whose mask token is MASK_TOKEN unless a plan names another)
 OBJECTIVES = ("causal_lm", "block_diffusion")
 MASK_TOKEN = "<|mask|>"
+TRACKERS = ("tensorboard", "wandb")  # runtime/trackers.py: metrics sinks beside metrics.jsonl
 
 # kernels (runtime/kernels/): the ops, and which implementation runs one
 KERNEL_OPS = ("rmsnorm", "swiglu", "rotary", "fused_ce", "moe")

@@ -182,6 +182,18 @@ def test_sample_from_a_diffusion_export(demo_assets, tmp_path):
     assert "<|mask|>" not in text
     with pytest.raises(SystemExit, match="no single token"):
         run(tmp_path / "hf", "x", block=8, mask_token="<|nomask|>")
+    # `planc sample --block` is this sampler (default steps: one token per iteration)
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    from planc.cli import main
+
+    out = StringIO()
+    with redirect_stdout(out):
+        assert main(["sample", str(tmp_path / "hf"), "--prompt", "def main(argv):", "--block", "8",
+                     "--max-new-tokens", "12"]) == 0
+    assert out.getvalue() == "def main(argv):" + run(tmp_path / "hf", "def main(argv):", block=8,
+                                                     max_new_tokens=12) + "\n"
 
 
 def test_the_estimate_sees_the_doubled_row(ws):
@@ -194,6 +206,8 @@ def test_the_estimate_sees_the_doubled_row(ws):
 
 @pytest.mark.parametrize("edits,rule,locator", [
     ([("dp_shard = 2", "tp = 2"), ('checkpoint "model.layers.*"', 'tp loss "lm_head"')], "diffusion-loss", 'tp loss'),
+    ([("checkpoint {", 'validation {\n  source "held" { path = "PATH"  kind = sft }\n}\ncheckpoint {')],
+     "diffusion-loss", "validation {"),
     ([("checkpoint {", "checkpoint {"), ("objective = block_diffusion", "moe_aux_loss = 0.01\n  objective = block_diffusion")],
      "diffusion-loss", "moe_aux_loss"),
     ([("dp_shard = 2", "tp = 2"), ('checkpoint "model.layers.*"', 'tp sequence "model.norm"')], "diffusion-layout",

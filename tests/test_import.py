@@ -189,3 +189,14 @@ def test_unreadable_configs_raise_located_errors(tmp_path):
     with pytest.raises(ImportError_, match="data_type 'dpo'"):
         import_veomni(_write(tmp_path / "e.yaml", "model:\n  model_path: m\ndata:\n  train_path: x\n"
                                                   "  data_type: dpo\n"), world=2)
+
+
+def test_planc_import_writes_the_plan_with_overrides(sft_yaml, tmp_path, capsys):
+    from planc.cli import main
+
+    out = tmp_path / "imported.veo"
+    assert main(["import", str(sft_yaml), "-o", str(out), "--world", "8", "--train.seed=7"]) == 0
+    text = out.read_text()
+    assert text == import_veomni(sft_yaml, ["--train.seed=7"], world=8).text and "seed" in text
+    assert "eval_path" in capsys.readouterr().err  # the notes go to stderr
+    assert main(["import", str(tmp_path / "absent.yaml")]) == 1

@@ -357,8 +357,8 @@ def test_one_bad_value_one_diagnostic(ws, block, where, key, kind, value):
     target = plan.setdefault(block, {})
     if where is None:
         target[key.name] = value
-    elif where[0] == "source":
-        target["sources"]["web"][key.name] = value
+    elif where[0] == "source":  # a data source, or a validation source copied from it
+        target.setdefault("sources", {"web": dict(plan["data"]["sources"]["web"])})["web"][key.name] = value
     elif where[1] is None:  # a statement body: mixed_precision { param = ... }
         target[where[0]] = f"{{ {key.name} = {value} }}"
     else:  # an option of an enum value: optimizer = adamw { lr = ... } (with the others it needs)

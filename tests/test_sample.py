@@ -47,3 +47,12 @@ def test_sample_errors_are_plain(trained, tmp_path):
         sample.run(tmp_path / "nowhere", "x")
     with pytest.raises(SystemExit, match="no tokenizer"):
         sample.run(trained["dcp"], "x", config=trained["config"])
+
+
+def test_planc_sample_prints_the_continuation(trained, capsys):
+    from planc.cli import main
+
+    prompt = "def main(argv):\n    "
+    assert main(["sample", str(trained["hf"]), "--prompt", prompt, "--max-new-tokens", "12"]) == 0
+    assert capsys.readouterr().out == prompt + sample.run(trained["hf"], prompt, max_new_tokens=12) + "\n"
+    assert main(["sample", str(trained["hf"]), "--top-p", "2"]) == 2  # a usage error, not a traceback

@@ -95,6 +95,40 @@ def _media(**kw):
     assert h > 0 and w > 0
 
 
+def _step_loader(weights=(1.0,)):
+    from runtime.data.kinds import DocStore, shifted_labels
+    from runtime.data.loader import loader_from_orders
+    from runtime.data.mixture import MapOrder
+
+    orders = []
+    for i, _ in enumerate(weights):
+        store = DocStore()
+        for d in range(12):
+            ids = np.arange(3 + d % 5, dtype=np.int32) + 1
+            store.add(ids, shifted_labels(ids), d)
+        orders.append(MapOrder(store, 0, i))
+    return loader_from_orders(orders, list(weights), pack="greedy", max_len=8, micro_batch=1, grad_accum=2)
+
+
+def _epochs(v):
+    from runtime.data.epochs import steps_per_epoch
+
+    assert steps_per_epoch(_step_loader().sampler.planner, v) >= v  # each epoch takes a step at least
+
+
+def _val_batches(v):
+    from runtime.validation import ValLoader
+
+    assert len(list(ValLoader(_step_loader(), v))) == v
+
+
+def _profile(tmp, **kw):
+    from runtime.profiling import Profiler
+
+    args = {"first": 1, "steps": 1, **kw}
+    Profiler(tmp, enabled=True, start=args["first"] + args["steps"], **args).close()  # the window checked, not run
+
+
 def _seed(v):
     torch.manual_seed(v)  # the model init and the script's own seed
     np.random.default_rng([v, 0, 0]).permutation(4)  # the data order (runtime.data.mixture/streaming)
@@ -210,6 +244,13 @@ CONSUMERS = {
     "train.noise": _diffusion_noise,
     "train.moe_aux_loss": lambda v: float(v) * torch.tensor(0.5, requires_grad=True),
     "checkpoint.every": _every,
+    "train.epochs": _epochs,
+    "validation.every": _every,  # `step % cfg.validation.every`
+    "validation.batches": _val_batches,
+    "profile.first": "profile.first",
+    "profile.steps": "profile.steps",
+    "train.peak_tflops": lambda v: __import__("runtime.mfu", fromlist=["x"]).peak_tflops(
+        torch.device("cpu"), torch.float32, v)[0] > 0,
     "checkpoint.keep": _keep,
 }
 
@@ -304,6 +345,11 @@ def _plan_with(ws, setting, key, where, value_text) -> tuple[str, str]:
     if kind == "rule" and where[1] == "lr":
         line = "  steps = 10  global_batch = 8  micro_batch = 2\n"
         return text.replace(line, f'{line}  lr "model.layers.*" {assign}\n'), assign
+    if kind == "key" and where[1] == "validation":
+        return text + f'validation {{ source "held" {{ path = "{ws}/data.jsonl" }}  {assign} }}\n', assign
+    if kind == "body" and where[1] == "profile":
+        line = "  steps = 10  global_batch = 8  micro_batch = 2\n"
+        return text.replace(line, f"{line}  profile {{ {assign} }}\n"), assign
     if kind == "rule" and where[1] == "lora":
         line = "  steps = 10  global_batch = 8  micro_batch = 2\n"
         return text.replace(line, f'{line}  lora "model.layers.*.self_attn.q_proj" {assign}\n'), assign
@@ -322,6 +368,8 @@ def test_bounds_are_the_consumers(ws, tmp_path, setting, key, where):
     consumer = CONSUMERS[setting]
     if consumer == "metrics":
         consumer = lambda v: _metrics(tmp_path, log_every=v)  # noqa: E731
+    elif consumer in ("profile.first", "profile.steps"):
+        consumer = (lambda k: lambda v: _profile(tmp_path, **{k: v}))(consumer.split(".")[1])
     inside, outside = _boundaries(key)
     assert inside or outside, f"{setting} has no range at all"
     for v in inside:

@@ -56,9 +56,9 @@ class Context:
 
 def passes() -> tuple:
     """The rule passes, in the order they run."""
-    from . import checkpoint, data, diffusion, kernels, lora, mesh, model, parallel, sharding, train, vision
+    from . import checkpoint, data, diffusion, kernels, loop, lora, mesh, model, parallel, sharding, train, vision
 
-    return mesh, model, sharding, parallel, data, vision, diffusion, train, lora, checkpoint, kernels
+    return mesh, model, sharding, parallel, data, vision, diffusion, train, lora, loop, checkpoint, kernels
 
 
 def run_checks(plan: Plan, world: int | None = None, skip_files: bool = False, tree=None) -> Context:

@@ -282,3 +282,8 @@ def _tokenizer(path: str):
     from runtime.data import load_tokenizer
 
     return load_tokenizer(path)
+
+
+# what planc/checks/loop.py reuses: the validation sources are read as the training sources are
+check_source = _check_source
+cached_tokenizer = _tokenizer

@@ -19,7 +19,7 @@ RULES = {
                         "and its mask are not sliced",
     "diffusion-data": "block diffusion: every source is sft (the objective masks response tokens)",
     "diffusion-loss": "block diffusion computes its own loss: no fused_ce kernel, no `tp loss`, no MoE "
-                      "load-balancing loss",
+                      "load-balancing loss, no (next-token) validation loss",
 }
 
 
@@ -68,6 +68,10 @@ def check(ctx) -> None:
         ctx.error("diffusion-loss", "block diffusion trains without the MoE load-balancing loss (as dFactory "
                   "trains LLaDA2; transformers computes it from a 2-D mask)", p.span("train.moe_aux_loss"),
                   "drop moe_aux_loss")
+    if "validation" in p.blocks:
+        ctx.error("diffusion-loss", "the validation block computes a next-token loss, which says nothing about a "
+                  "block-diffusion model (its loss depends on the sampled noise)", p.blocks["validation"],
+                  "drop the validation block; check the model with `planc sample` on its export")
     _mask_token(ctx)
 
 
