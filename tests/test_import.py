@@ -54,6 +54,8 @@ def sft_yaml(tmp_path, demo_assets):
             ulysses_size: 2
             fsdp_config:
               fsdp_mode: fsdp2
+            offload_config:
+              enable_activation: true
           gradient_checkpointing:
             enable: true
           global_batch_size: 16
@@ -79,15 +81,15 @@ def test_new_generation_sft_config(sft_yaml, tmp_path):
     for expected in ('source "train"', "kind = sft", "chat_template = chatml", "max_len       = 512",
                      "pack          = dynamic { tokens = 1024 }", "global_batch = 8", "micro_batch  = 1",
                      "lr = 0.0002", "seed         = 7", "sp ulysses \"model.layers.*.self_attn\"",
-                     "checkpoint \"model.layers.*\"", "mixed_precision { param = bf16  reduce = fp32 }",
+                     "checkpoint \"model.layers.*\"", "offload \"model.layers.*\"", "mixed_precision { param = bf16  reduce = fp32 }",
                      "dp_shard = 4", "every  = 100", "rmsnorm  = auto", "fused_ce = torch", "attention = sdpa"):
         assert _has(text, expected), expected
     # VeOmni's own step count: epochs x ceil(train_size / (global_batch_size x max_seq_len))
     assert _has(text, "steps = 490")
     notes = {n.key: n for n in r.notes}
     at = {key: n.where for key, n in notes.items()}
-    assert at["data.eval_path"] == f"{sft_yaml}:14:3" and "validation" in notes["data.eval_path"].message
-    assert at["train.wandb.project"] == f"{sft_yaml}:35:5"
+    assert "data.eval_path" not in at and _has(text, 'source "eval"')  # the held-out set is the validation block
+    assert at["train.wandb.project"] == f"{sft_yaml}:37:5"
     assert "sdpa" in notes["model.ops_implementation.attn_implementation"].message  # flash + Ulysses
     assert "train.init_device" in at  # harmless, but still reported
     for n in r.notes:
@@ -198,5 +200,5 @@ def test_planc_import_writes_the_plan_with_overrides(sft_yaml, tmp_path, capsys)
     assert main(["import", str(sft_yaml), "-o", str(out), "--world", "8", "--train.seed=7"]) == 0
     text = out.read_text()
     assert text == import_veomni(sft_yaml, ["--train.seed=7"], world=8).text and "seed" in text
-    assert "eval_path" in capsys.readouterr().err  # the notes go to stderr
+    assert "init_device" in capsys.readouterr().err  # the notes go to stderr
     assert main(["import", str(tmp_path / "absent.yaml")]) == 1

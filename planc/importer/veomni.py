@@ -140,8 +140,8 @@ def import_veomni(path, overrides: Sequence[str] = (), *, name: str | None = Non
     entries = apply_overrides(load_entries(path), overrides)
     c = Settings(entries, _generation(entries))
     name = name or re.sub(r"[^A-Za-z0-9_.-]", "-", Path(path).stem)
-    model, mesh, par, data, train, ckpt, kernels = (Block(b) for b in (
-        "model", "mesh", "parallelize", "data", "train", "checkpoint", "kernels"))
+    model, mesh, par, data, train, ckpt, kernels, val = (Block(b) for b in (
+        "model", "mesh", "parallelize", "data", "train", "checkpoint", "kernels", "validation"))
 
     # --- mesh + parallelize
     sp, spe = c.get("train.accelerator.ulysses_size", "train.ulysses_parallel_size", default=1)
@@ -199,9 +199,11 @@ def import_veomni(path, overrides: Sequence[str] = (), *, name: str | None = Non
     act, ae = c.get("train.accelerator.offload_config.enable_activation", "train.accelerator.offload.enable_activation",
                     "train.enable_activation_offload", default=False)
     if act:
-        c.note(ae, "not carried over: activation offloading is not a plan setting yet (runtime/parallel/offload.py)")
-    c.get("train.accelerator.offload_config.activation_gpu_limit", "train.accelerator.offload.activation_gpu_limit",
-          "train.activation_gpu_limit")
+        par.stmt("offload", literal(LAYERS), comment="activation offloading: what the layers save waits in host memory")
+    limit, le = c.get("train.accelerator.offload_config.activation_gpu_limit",
+                      "train.accelerator.offload.activation_gpu_limit", "train.activation_gpu_limit")
+    if act and le is not None and limit:
+        c.note(le, "planc offloads everything the matching layers save (no device-memory allowance)")
 
     # --- data
     train_path, tpe = c.get("data.train_path")
@@ -232,6 +234,13 @@ def import_veomni(path, overrides: Sequence[str] = (), *, name: str | None = Non
         if streaming == "iterable":
             body["streaming"] = True
         data.stmt("source", literal(label), body=body)
+    eval_path, _ = c.get("data.eval_path")
+    if eval_path is not None:  # the held-out set: same kind and field as the training data
+        body = {"path": str(eval_path), "kind": Word(kind), ("text" if kind == "pretrain" else "messages"): str(field_value)}
+        val.stmt("source", literal("eval"), body=body)
+        every, _ = c.get("train.eval_steps")
+        if every:
+            val.set("every", int(every))
     max_len, _ = c.get("data.max_seq_len", default=2048)
     data.set("max_len", int(max_len))
     template, te = c.get("data.chat_template", default="default")
@@ -339,5 +348,5 @@ def import_veomni(path, overrides: Sequence[str] = (), *, name: str | None = Non
     if c.notes:
         header.append("Not carried over as it was (also printed by `planc import`):")
         header += [f"  {n}" for n in c.notes]
-    text = render(name, header, [model, mesh, par, data, train, ckpt, kernels])
+    text = render(name, header, [model, mesh, par, data, train, val, ckpt, kernels])
     return ImportResult(name=name, text=text, notes=c.notes)
