@@ -225,6 +225,22 @@ def test_verify_proves_ulysses_on_a_vl_plan(tmp_path, data):
     assert "run at its own size" in out.stdout and "OK: vlp" in out.stdout, out.stdout[-2000:]
 
 
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_verify_proves_expert_parallel_qwen3_vl_moe(tmp_path, data):
+    """`planc verify` of a Qwen3-VL-MoE plan with `ep plan = model` over FSDP2 x EP 2: fp64 verdict."""
+    import subprocess
+    import sys
+
+    rules = ('ep plan = model\n  fsdp "model.language_model.layers.*" "model.visual.blocks.*"')
+    path = tmp_path / "p.veo"
+    path.write_text(plan_text(data, model="tiny-qwen3-vl-moe", mesh="dp_shard = 2  ep = 2", rules=rules))
+    out = subprocess.run([sys.executable, "-m", "planc", "verify", str(path), "--dtype", "fp64", "--steps", "2"],
+                         cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "EP=2" in out.stdout and "OK: vlp" in out.stdout, out.stdout[-2000:]
+
+
 def test_text_only_paths_are_refused(tmp_path, data):
     rules = 'tp plan = model\n  tp sequence "model.language_model.norm"\n  fsdp "model.language_model.layers.*"'
     checked, _ = check(tmp_path, plan_text(data, mesh="tp = 2", rules=rules))
