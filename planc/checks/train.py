@@ -13,17 +13,16 @@ RULES = {
 
 
 def _parts(ctx) -> None:
-    """freeze / lr: the same module matcher and `under` test as runtime.parts, on the meta model."""
+    """freeze / lr: the parameters under the modules each rule's globs match (runtime.parts' test)."""
     from ..model_tree import match
 
     rules = [r for r in ctx.plan.rules if r.kind in ("freeze", "lr")]
-    if not rules or ctx.tree is None or getattr(ctx.tree, "model", None) is None:
+    if not rules or ctx.tree is None:
         return
-    params = [n for n, _ in ctx.tree.model.named_parameters()]
+    params = list(ctx.tree.param_numel)
 
     def owned(rule) -> set[str]:
-        mods = [m for g in rule.globs for m in match(ctx.tree, g.pattern)]
-        return {n for n in params if any(m == "" or n.startswith(m + ".") for m in mods)}
+        return {q for g in rule.globs for m in match(ctx.tree, g.pattern) for q in ctx.tree.params_under(m)}
 
     frozen: set[str] = set()
     for r in (r for r in rules if r.kind == "freeze"):
