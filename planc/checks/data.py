@@ -61,7 +61,7 @@ def check(ctx) -> None:
                          "the tokenizer's vocabulary and chat template")
     else:
         for src in p.sources:
-            _check_source(ctx, src)
+            check_source(ctx, src)
         _check_tokenizer(ctx)
     max_len = p["data.max_len"]
     if p["data.pack"] == "dynamic" and p["train.micro_batch"] not in (None, 1):
@@ -104,7 +104,8 @@ def _position_table(model) -> int | None:
     return min(sizes) if sizes else None
 
 
-def _check_source(ctx, src) -> None:
+def check_source(ctx, src) -> None:
+    """One source read as training reads it (planc/checks/loop.py reads validation sources with it)."""
     import itertools
 
     from runtime.data.sources import data_files, infer_format, read_records
@@ -265,7 +266,7 @@ def _mixture(ctx) -> str | None:
 
     p = ctx.plan
     try:
-        tok = _tokenizer(p["data.tokenizer"])
+        tok = cached_tokenizer(p["data.tokenizer"])
         est = estimate_mixture([runtime_source(s) for s in p.sources], tok, p["data.max_len"], p["data.pack"],
                                p["train.global_batch"], p["train.micro_batch"], tokens=p.settings["data.tokens"].value if "data.tokens" in p.settings else None,
                                chat_template=p["data.chat_template"], system_prompt=p["data.system_prompt"],
@@ -278,12 +279,7 @@ def _mixture(ctx) -> str | None:
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer(path: str):
+def cached_tokenizer(path: str):
     from runtime.data import load_tokenizer
 
     return load_tokenizer(path)
-
-
-# what planc/checks/loop.py reuses: the validation sources are read as the training sources are
-check_source = _check_source
-cached_tokenizer = _tokenizer
