@@ -13,7 +13,7 @@ import dataclasses
 
 from .diagnostics import Diagnostic
 from .model_tree import ModelLoadError, ModelTree, load_tree, match
-from .resolve import Glob, Plan, Rule, Setting
+from .plan import Glob, Plan, Rule, Setting
 from .tp_sets import FAMILIES, NAMED, ep_globs, tp_set
 
 RULES = {

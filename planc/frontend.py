@@ -9,7 +9,8 @@ from .diagnostics import Diagnostic, PlanError
 from .elaborate import elaborate
 from .estimate import TooLarge, report
 from .parse import parse_file
-from .resolve import Plan, resolve
+from .plan import Plan
+from .resolve import resolve
 
 
 @dataclass

@@ -1,18 +1,17 @@
 """Give a parsed plan its meaning: names, types, ranges and defaults from planc/schema.py.
 
-The result is a `Plan`: flat settings keyed `block.key` (the same names the generated script and its
-overrides use), the parallelize rules and the data sources, each keeping the span it came from.
+The result is a `Plan` (planc/plan.py): flat settings keyed `block.key`, the parallelize rules and
+the data sources, each keeping the span it came from. Each written value is typed by planc/values.py.
 """
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass, field
-from typing import Any
 
 from . import schema as S
 from .diagnostics import Diagnostic, Span, did_you_mean, elide, suggest
-from .syntax import Assign, Body, Document, Stmt, Value
+from .plan import Glob, Plan, Rule, Setting, Source
+from .syntax import Assign, Document, Stmt, Value
+from .values import BAD, typed
 
 _REQUIRED = [b.name for b in S.BLOCKS.values() if b.required]
 RULES = {
@@ -34,75 +33,6 @@ RULES = {
               "numpy seeding, the loader, the schedule: betas in [0, 1), eps > 0, seed 0 .. 2**64 - 1, weight > 0)",
     "unknown-value": "enum values are known (with did-you-mean)",
 }
-
-
-@dataclass
-class Setting:
-    value: Any
-    span: Span | None = None  # the value as written; None when it is the default
-    line_span: Span | None = None  # the whole assignment (or the block, for a default)
-
-    @property
-    def written(self) -> bool:
-        return self.span is not None
-
-
-@dataclass
-class Glob:
-    pattern: str
-    span: Span
-
-
-@dataclass
-class Rule:
-    """One statement of the `parallelize` block."""
-
-    kind: str  # fsdp | replicate | checkpoint | compile | tp | ep | sp
-    style: str | None
-    globs: list[Glob]
-    options: dict[str, Setting]
-    span: Span
-
-
-@dataclass
-class Source:
-    name: str
-    span: Span
-    settings: dict[str, Setting]
-
-    def __getitem__(self, key):
-        return self.settings[key].value
-
-
-@dataclass
-class Plan:
-    doc: Document
-    name: str = ""
-    name_span: Span | None = None
-    settings: dict[str, Setting] = field(default_factory=dict)
-    blocks: dict[str, Span] = field(default_factory=dict)  # block name -> span of its name
-    block_spans: dict[str, Span] = field(default_factory=dict)  # block name -> its whole extent
-    rules: list[Rule] = field(default_factory=list)
-    sources: list[Source] = field(default_factory=list)
-    val_sources: list[Source] = field(default_factory=list)  # the `validation` block's sources
-
-    def __getitem__(self, key: str):
-        return self.settings[key].value
-
-    def span(self, key: str) -> Span | None:
-        """Where a setting is written, else its block, else the plan's name."""
-        s = self.settings.get(key)
-        if s is not None and s.line_span is not None:
-            return s.line_span
-        return self.blocks.get(key.split(".")[0], self.name_span)
-
-    def value_span(self, key: str) -> Span | None:
-        s = self.settings.get(key)
-        return s.span if s is not None and s.span is not None else self.span(key)
-
-    @property
-    def file(self) -> str:
-        return self.doc.file
 
 
 _PLAN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
@@ -257,8 +187,8 @@ class _Resolver:
             return
         written[a.key] = a.key_span
         key = keys[a.key]
-        value = self.typed(key, a.value, where)
-        if value is _BAD:
+        value = typed(key, a.value, self.err)
+        if value is BAD:
             return
         name = key.setting or f"{prefix or spec.name}.{key.name}"
         self.plan.settings[name] = Setting(value, a.value.span, a.span)
@@ -404,8 +334,8 @@ class _Resolver:
                 self.err("unknown-key", f"unknown option `{o.key}` of `{st.name}`", o.key_span,
                          suggest(o.key, sspec.options, "options") if sspec.options else f"`{st.name}` has no options")
                 continue
-            v = self.typed(sspec.options[o.key], o.value, f"`{st.name}`")
-            if v is not _BAD:
+            v = typed(sspec.options[o.key], o.value, self.err)
+            if v is not BAD:
                 flags[o.key] = Setting(v, o.value.span, o.span)
         for name, key in sspec.options.items():
             # a written option with a refused value was reported where it is written: not missing too
@@ -421,90 +351,6 @@ class _Resolver:
         if sspec.args == "none" and globs:
             self.err("statement-args", f"`{st.name}` takes no module globs", globs[0].span, sspec.doc)
         self.plan.rules.append(Rule(st.name, style, globs, flags, st.span))
-
-    # values --------------------------------------------------------------------------------------
-    def typed(self, key: S.Key, v: Value, where: str):
-        t = key.type
-        if v.body is not None and not (t == "enum" and key.options):
-            self.err("type", f"`{key.name}` takes no {{ options }}", v.body.span, f"write `{key.name} = {v.value}`")
-            return _BAD
-        if t == "degree" and v.kind == "word" and v.value == "auto":
-            return "auto"
-        if t in ("int", "degree"):
-            if v.kind != "int":
-                return self.type_error(key, v, "a whole number" + (" or `auto`" if t == "degree" else ""))
-            return self.ranged(key, v, v.value)
-        if t == "size":
-            if v.kind not in ("size", "int"):
-                return self.type_error(key, v, "a size such as `80GiB`")
-            return self.ranged(key, v, v.value)
-        if t == "float":
-            if v.kind not in ("int", "float"):
-                return self.type_error(key, v, "a number")
-            if not math.isfinite(float(v.value)):
-                self.err("range", f"`{key.name}` must be a finite number, not {v.text}", v.span, key.doc)
-                return _BAD
-            return self.ranged(key, v, float(v.value))
-        if t == "bool":
-            if v.kind != "bool":
-                return self.type_error(key, v, "`true` or `false`")
-            return v.value
-        if t in ("str", "path"):
-            if v.kind != "string":
-                hint = f'write `{key.name} = "{v.text}"`' if v.kind == "word" else None
-                return self.type_error(key, v, "a string in double quotes", hint)
-            if t == "path" and not v.value.strip():
-                self.err("range", f"`{key.name}` is an empty path", v.span, "give a file or directory")
-                return _BAD
-            return v.value
-        if t == "enum":
-            word = v.value if v.kind in ("word", "string") else None
-            if word is None:
-                return self.type_error(key, v, "one of " + ", ".join(key.choices))
-            if word not in key.choices:
-                self.err("unknown-value", f"`{elide(word)}` is not a valid `{key.name}`", v.span,
-                         suggest(word, key.choices, "choices"))
-                return _BAD
-            return word
-        if t == "list":
-            if v.kind != "list":
-                return self.type_error(key, v, "a list such as [0.9, 0.95]")
-            if key.length is not None and len(v.value) != key.length:
-                self.err("type", f"`{key.name}` takes {key.length} items, not {len(v.value)}", v.span)
-                return _BAD
-            item = S.Key(key.name, key.item or "str", min=key.min, max=key.max, above=key.above, below=key.below)
-            out = [self.typed(item, x, where) for x in v.value]
-            return _BAD if any(x is _BAD for x in out) else out
-        raise AssertionError(t)
-
-    def ranged(self, key: S.Key, v: Value, x):
-        if key.min is not None and x < key.min:
-            self.err("range", f"`{key.name}` must be at least {_num(key.min)}, not {v.text}", v.span, key.doc)
-            return _BAD
-        if key.max is not None and x > key.max:
-            self.err("range", f"`{key.name}` must be at most {_num(key.max)}, not {v.text}", v.span, key.doc)
-            return _BAD
-        if key.above is not None and not x > key.above:
-            self.err("range", f"`{key.name}` must be more than {_num(key.above)}, not {v.text}", v.span, key.doc)
-            return _BAD
-        if key.below is not None and not x < key.below:
-            self.err("range", f"`{key.name}` must be less than {_num(key.below)}, not {v.text}", v.span, key.doc)
-            return _BAD
-        return x
-
-    def type_error(self, key: S.Key, v: Value, want: str, hint=None):
-        got = {"word": f"the word `{v.text}`", "string": "a string", "list": "a list", "bool": "a boolean",
-               "int": "a whole number", "float": "a number", "size": "a size"}[v.kind]
-        self.err("type", f"`{key.name}` takes {want}, not {got}", v.span, hint or key.doc)
-        return _BAD
-
-
-_BAD = object()
-
-
-def _num(x) -> str:
-    """A bound as written: whole numbers exactly (2**64 - 1 is not 1.84467e+19)."""
-    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def resolve(doc: Document) -> tuple[Plan, list[Diagnostic]]:

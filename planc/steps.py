@@ -22,7 +22,7 @@ class Rules:
     """What a builder sees: the plan's rules of its kind and where they are."""
 
     kind: str
-    rules: list  # planc.resolve.Rule, in plan order
+    rules: list  # planc.plan.Rule, in plan order
     file: str  # the plan's basename, for `# demo.veo:12` comments
     kinds: set  # every rule kind the plan uses
     modules: dict  # id(rule) -> module names its globs match

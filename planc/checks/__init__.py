@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..diagnostics import Diagnostic, Span
-from ..resolve import Plan
+from ..plan import Plan
 
 
 @dataclass
