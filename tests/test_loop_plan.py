@@ -112,6 +112,20 @@ def test_check_prints_the_steps_of_epochs(ws):
     assert checked.ctx.epoch_steps >= 2 and f"= {checked.ctx.epoch_steps} steps" in note
 
 
+def test_verify_runs_an_epochs_plan_as_a_steps_plan(ws):
+    """planc verify runs --steps steps: the script it lowers counts no epochs and trains that many."""
+    from planc.verify import _steps_for_epochs
+
+    checked, _ = _check(ws, _plan(ws, [("steps = 10", "epochs = 2"), ("every = 5", "every = 1")]), "vepochs")
+    assert _steps_for_epochs(checked.plan, 4) == 2
+    ir = lower(checked, "generated/vepochs.py")
+    text = render_script(ir)
+    assert not ir.loop.epochs and "epoch_steps(" not in text and "epochs" not in {s.key.split(".")[1] for s in ir.settings}
+    assert {s.key: s.value for s in ir.settings}["train.steps"] == 4
+    steps_plan, _ = _check(ws, _plan(ws, [("every = 5", "every = 1")]), "vsteps")
+    assert _steps_for_epochs(steps_plan.plan, 4) is None and steps_plan.plan["train.steps"] == 10
+
+
 PLAN = '''plan "{name}"
 model {{ config = "{config}" }}
 mesh {{ dp_shard = 2  device = cpu }}

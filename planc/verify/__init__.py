@@ -90,8 +90,11 @@ def verify(opts: VerifyOptions) -> int:
         print(f"{opts.plan}: the plan does not compose; nothing to verify", file=sys.stderr)
         return 2
     plan, own = checked.plan, Layout.from_degrees(checked.ctx.degrees)
+    epochs = _steps_for_epochs(plan, opts.steps)
     ir = lower(checked, f"generated/{plan.name}.py")
     layouts, notes = choose_layouts(opts, ir, own)
+    if epochs:
+        notes.append(f"the plan trains {epochs} epoch(s); verified runs take --steps {opts.steps} steps instead")
 
     try:
         work = Path(opts.keep).resolve() if opts.keep else Path(tempfile.mkdtemp(prefix=f"planc-verify-{plan.name}-"))
@@ -107,6 +110,20 @@ def verify(opts: VerifyOptions) -> int:
     finally:
         if not opts.keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _steps_for_epochs(plan, steps: int):
+    """An epochs plan is verified as a steps plan: the run is --steps optimizer steps on verify's own
+    short data either way, and the script then has no whole-epoch count to make first. Returns the
+    plan's epochs (None for a steps plan)."""
+    from ..plan import Setting
+
+    epochs = plan.settings.get("train.epochs")
+    if epochs is None or epochs.value is None:
+        return None
+    plan.settings["train.steps"] = Setting(steps, epochs.span, epochs.line_span)
+    plan.settings["train.epochs"] = Setting(None)
+    return epochs.value
 
 
 def choose_layouts(opts: VerifyOptions, ir, own: Layout) -> tuple[list[Layout], list[str]]:
