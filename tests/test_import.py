@@ -137,8 +137,9 @@ def test_old_generation_pretrain_moe_config(tmp_path, demo_assets):
     body = text[text.index('plan "'):]  # without the header of notes
     assert "mixed_precision" not in body and 'checkpoint "' not in body and "every" not in body
     keys = {n.key for n in r.notes}
-    assert {"train.data_parallel_mode", "train.weight_decay", "train.save_steps", "train.use_wandb",
+    assert {"train.data_parallel_mode", "train.weight_decay", "train.save_steps",
             "train.ckpt_manager", "data.train_size"} <= keys
+    assert "tracker" not in body  # use_wandb: false
     _check(tmp_path, text)
 
 
@@ -177,6 +178,52 @@ def test_mixture_yaml_and_ddp(tmp_path, demo_assets):
     assert "weight = 0.3" in r.text and "weight = 0.7" in r.text
     assert "replicate" in r.text and _has(r.text, "dp_replicate = 2") and _has(r.text, "steps = 20")
     _check(tmp_path, r.text)
+
+
+LOOP_YAML = """
+    model:
+      model_path: {model}
+      tokenizer_path: {tokenizer}
+      attn_implementation: sdpa
+      lora_config:
+        rank: 4
+        alpha: 16
+        lora_modules: [q_proj, k_proj]
+        use_rslora: true
+    data:
+      train_path: {jsonl}
+      data_type: plaintext
+      text_keys: text
+      max_seq_len: 128
+    train:
+      global_batch_size: 4
+      max_steps: 10
+      {loop}
+    """
+
+
+@pytest.mark.parametrize("generation", ["new", "old"])
+def test_lora_trackers_and_profiling_carry_over(tmp_path, demo_assets, generation):
+    loop = {"new": "wandb: {enable: true, project: mine}\n      profile: {enable: true, start_step: 3, end_step: 5, "
+                   "with_stack: false}",
+            "old": "use_wandb: true\n      use_tensorboard: true\n      enable_profiling: true\n      "
+                   "profile_start_step: 3\n      profile_end_step: 5"}[generation]
+    cfg = _write(tmp_path / "loop.yaml", LOOP_YAML.format(model=REPO / "plans/models/tiny-llama", loop=loop,
+                                                          tokenizer=demo_assets["tokenizer"], jsonl=demo_assets["jsonl"]))
+    r = import_veomni(cfg, world=2)
+    for expected in ('lora "**.q_proj" "**.k_proj" rank = 4 alpha = 16.0 dropout = 0.0', "tracker = wandb",
+                     "profile { first = 3  steps = 2 }"):
+        assert _has(r.text, expected), (expected, r.text)
+    at = {n.key: n.where for n in r.notes}
+    assert at["model.lora_config.use_rslora"] == f"{cfg}:9:5"
+    assert ("train.wandb.project" if generation == "new" else "train.use_tensorboard") in at
+    assert {k for k in at if k.startswith(("train.profile", "train.enable_profiling", "model.lora_config.r"))} == (
+        {"train.profile.with_stack"} if generation == "new" else set()), at
+    _check(tmp_path, r.text)
+    # a command line gives the LoRA config as one JSON value; no targets: peft's defaults, said so
+    r = import_veomni(cfg, ['--model.lora_config={"r": 2}'], world=2)
+    assert _has(r.text, 'lora "**.q_proj" "**.v_proj" rank = 2 alpha = 8.0'), r.text
+    assert any(n.key == "model.lora_config" and "defaults" in n.message for n in r.notes)
 
 
 def test_unreadable_configs_raise_located_errors(tmp_path):

@@ -64,11 +64,6 @@ class Settings:
             if key in self.used:
                 continue
             reason = _SAME.get(key)
-            if reason is None and any(key.startswith(p) for p in ("train.wandb.", "train.use_wandb", "train.wandb_")):
-                reason = "not carried over: experiment trackers are not plan settings yet (runtime/trackers.py)"
             if reason is None and key in ("train.eval_steps", "train.eval_epochs"):
                 reason = "not carried over: without data.eval_path there is no validation block"
-            if reason is None and any(key.startswith(p) for p in ("train.profile.", "train.enable_profiling",
-                                                                    "train.profile_")):
-                reason = "not carried over: profiling is not a plan setting yet (runtime/profiling.py)"
             self.note(e, reason or "not carried over: planc has no such setting")

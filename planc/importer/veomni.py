@@ -21,6 +21,7 @@ from typing import Sequence
 
 from runtime.vocab import SCHEDULES
 
+from . import loop
 from .plantext import Block, Word, literal, render
 from .readout import Note, Settings
 from .yamlsrc import Entry, ImportError_, apply_overrides, load_entries
@@ -109,9 +110,6 @@ def _model(c: Settings, model: Block, data: Block, kernels: Block, sp: int) -> N
             kernels.set(pkey, Word(_KERNEL_VALUES[value]))
         else:
             c.note(e, f"kernel {value!r} has no planc counterpart: the torch path runs")
-    lora, le = c.get("model.lora_config")
-    if le is not None and lora:
-        c.note(le, "not carried over: LoRA is not a plan setting yet (runtime/lora.py has the runtime)")
 
 
 def _steps(c: Settings, *, dyn: bool, global_rows: int, max_len: int, epochs: int) -> tuple[int, str]:
@@ -322,6 +320,9 @@ def import_veomni(path, overrides: Sequence[str] = (), *, name: str | None = Non
     train.set("clip", float(clip))
     seed, _ = c.get("train.seed", default=42)
     train.set("seed", int(seed))
+    loop.lora(c, train)
+    loop.trackers(c, train)
+    loop.profile(c, train)
     mp_on, _ = c.get("train.accelerator.fsdp_config.mixed_precision.enable", "train.enable_mixed_precision",
                      default=True)
     model.set("dtype", Word("fp32"), comment="master weights" + ("; compute dtype: train.mixed_precision" if mp_on else ""))
