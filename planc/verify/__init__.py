@@ -150,7 +150,8 @@ def _run(opts: VerifyOptions, ir, plan, own: Layout, layouts: list[Layout], note
     else:
         dchanges, dnotes = data_changes(plan, opts.data, opts.demo_data, work)
     vocab = len(load_tokenizer(dchanges["data.tokenizer"]))
-    _, summary = shrink_model(plan["model.config"], layouts, vocab, work / "model")
+    trust = bool(plan["model.trust_remote_code"])
+    _, summary = shrink_model(plan["model.config"], layouts, vocab, work / "model", trust)
     rchanges, rnotes = run_changes(ir, plan, layouts, opts.steps)
     base = with_settings(ir, {**dchanges, **rchanges, "model.config": str(work / "model")})
     dtypes = DTYPE_MODES[opts.dtype]
@@ -175,7 +176,7 @@ def _run(opts: VerifyOptions, ir, plan, own: Layout, layouts: list[Layout], note
 
     batch = Batch(irs=scripts, paths=paths, layouts=layouts, kinds={s.kind for s in ir.steps}, own=own,
                   dtypes=dtypes, speed_dtype=dtypes[-1], work=work, steps=opts.steps, timeout=opts.timeout,
-                  baseline=opts.baseline)
+                  baseline=opts.baseline, trust_remote_code=trust)
     run_all(batch)
     judge(batch, tolerances, verdict)
     ok = not batch.problems and all(e["ok"] for e in batch.results)
