@@ -3,8 +3,9 @@
 1. The plan is checked and lowered as `planc compile` does; its script is rendered from that IR with
    only setting values changed (shrunk model, local data, cpu, a few steps, a temp output).
 2. Its model is shrunk (runtime.parallel.shrink: same family, 2 layers, small sizes that keep every
-   divisibility rule of the layouts run) and its data is local: the plan's own sources when they are
-   on this machine (single JSON Lines files cut to their first records), else the demo corpus.
+   divisibility rule of the layouts run; a trusted model directory's own modeling code goes with
+   it) and its data is local: the plan's own sources when they are on this machine (single JSON
+   Lines files cut to their first records), else the demo corpus.
 3. The layout runs on gloo processes: the plan's own, or the largest sub-layout that fits
    --max-procs (data-parallel degrees shrink first; tp/sp/ep are kept while they fit).
 4. One plain process trains the same global batches with a reference script rendered from the same
