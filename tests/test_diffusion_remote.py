@@ -90,3 +90,42 @@ def test_trusted_builds_on_meta_trains_exports_and_generates(remote_dir, tmp_pat
         assert torch.equal(a, b), name
     ids = generate(back, [5, 6, 7, 8, 9], mask_id=MASK_ID, block=4, steps=2, gen_length=8)
     assert ids.shape == (8,) and not bool((ids == MASK_ID).any())
+
+
+@pytest.mark.multiproc
+def test_planc_verify_runs_the_trusted_code(remote_dir, demo_assets, tmp_path, monkeypatch, capsys):
+    """`planc verify` on a block-diffusion plan whose model is the remote-code directory: refused
+    without `trust_remote_code = true` (exit 2, located); with it, the shrunk model keeps the
+    directory's code, FSDP2 on 2 processes matches one process in fp64, and the export the layout
+    wrote carries that code and loads as the shipped class."""
+    import subprocess
+    import sys
+
+    from planc.cli import main
+    from planc.demo_diffusion import make_diffusion_demo
+    from tests.launch import REPO
+
+    cfg = json.loads((remote_dir / "config.json").read_text())
+    (remote_dir / "config.json").write_text(json.dumps({**cfg, "vocab_size": 4160}))  # covers <|mask|> (4096)
+    make_diffusion_demo(demo_assets["dir"])
+    demo = (REPO / "plans" / "diffusion-demo.veo").read_text()
+    plain = demo.replace('"plans/models/tiny-qwen3-diffusion"', f'"{remote_dir}"')
+    assert plain != demo
+    untrusted, trusted = tmp_path / "untrusted.veo", tmp_path / "trusted.veo"
+    untrusted.write_text(plain)
+    trusted.write_text(plain.replace("attention = sdpa", "attention = sdpa\n  trust_remote_code = true"))
+    monkeypatch.chdir(REPO)
+    assert main(["verify", str(untrusted), "--data", "demo", "--demo-data", demo_assets["dir"]]) == 2
+    assert "error[remote-code]" in capsys.readouterr().err
+
+    keep = tmp_path / "keep"
+    r = subprocess.run([sys.executable, "-m", "planc", "verify", str(trusted), "--dtype", "fp64", "--steps", "2",
+                        "--data", "demo", "--demo-data", demo_assets["dir"], "--keep", str(keep)],
+                       cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and "OK: diffusion-demo" in r.stdout, r.stdout[-4000:] + r.stderr[-3000:]
+    assert "modeling_tiny_diffusion.py" in r.stdout and "trusted by the plan" in r.stdout
+    assert "HF export (fp64): loads with from_pretrained on one process; its" in r.stdout
+    export = keep / "runs" / "fp64" / "layout_dp_shard2" / "checkpoints" / "hf"
+    assert (export / "modeling_tiny_diffusion.py").is_file()
+    back = AutoModelForCausalLM.from_pretrained(export, trust_remote_code=True)
+    assert getattr(type(back), "shipped_with_the_checkpoint", False)

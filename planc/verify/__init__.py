@@ -3,8 +3,9 @@
 1. The plan is checked and lowered as `planc compile` does; its script is rendered from that IR with
    only setting values changed (shrunk model, local data, cpu, a few steps, a temp output).
 2. Its model is shrunk (runtime.parallel.shrink: same family, 2 layers, small sizes that keep every
-   divisibility rule of the layouts run) and its data is local: the plan's own sources when they are
-   on this machine (single JSON Lines files cut to their first records), else the demo corpus.
+   divisibility rule of the layouts run; a trusted model directory's own modeling code goes with
+   it) and its data is local: the plan's own sources when they are on this machine (single JSON
+   Lines files cut to their first records), else the demo corpus.
 3. The layout runs on gloo processes: the plan's own, or the largest sub-layout that fits
    --max-procs (data-parallel degrees shrink first; tp/sp/ep are kept while they fit).
 4. One plain process trains the same global batches with a reference script rendered from the same
@@ -167,7 +168,8 @@ def _run(opts: VerifyOptions, ir, plan, own: Layout, layouts: list[Layout], note
     else:
         dchanges, dnotes = data_changes(plan, opts.data, opts.demo_data, work)
     vocab = len(load_tokenizer(dchanges["data.tokenizer"]))
-    _, summary = shrink_model(plan["model.config"], layouts, vocab, work / "model")
+    trust = bool(plan["model.trust_remote_code"])
+    _, summary = shrink_model(plan["model.config"], layouts, vocab, work / "model", trust)
     rchanges, rnotes = run_changes(ir, plan, layouts, opts.steps)
     base = with_settings(ir, {**dchanges, **rchanges, "model.config": str(work / "model")})
     dtypes = DTYPE_MODES[opts.dtype]
@@ -192,7 +194,7 @@ def _run(opts: VerifyOptions, ir, plan, own: Layout, layouts: list[Layout], note
 
     batch = Batch(irs=scripts, paths=paths, layouts=layouts, kinds={s.kind for s in ir.steps}, own=own,
                   dtypes=dtypes, speed_dtype=dtypes[-1], work=work, steps=opts.steps, timeout=opts.timeout,
-                  baseline=opts.baseline)
+                  baseline=opts.baseline, trust_remote_code=trust)
     run_all(batch)
     judge(batch, tolerances, verdict)
     ok = not batch.problems and all(e["ok"] for e in batch.results)

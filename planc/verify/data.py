@@ -16,17 +16,20 @@ from .scripts import PlanInvalid
 SLICE_BYTES = 256 * 1024  # a verify run reads a few thousand tokens; tokenising more only costs time
 
 
-def shrink_model(config_path: str, layouts: list[Layout], vocab: int, out: Path):
+def shrink_model(config_path: str, layouts: list[Layout], vocab: int, out: Path, trust_remote_code: bool = False):
     """Write a shrunk copy of the plan's model config to `out`; returns (config, one-line summary).
 
     One model serves every layout (and the reference): it keeps the rules of the lcm of their
-    tp, sp and ep degrees."""
+    tp, sp and ep degrees. A model that ships its own modeling code (`auto_map`; the plan says
+    `trust_remote_code = true`) keeps it: the code's files are copied beside the shrunk config, so
+    every run builds the directory's own classes, as the plan's script does."""
+    from runtime.checkpoint.export import copy_model_code
     from runtime.parallel.shrink import shrink_config
 
     from ..model_tree import ModelLoadError, load_config
 
     try:
-        real = load_config(config_path)
+        real = load_config(config_path, trust_remote_code)
     except ModelLoadError as e:
         raise PlanInvalid(f"model.config: {e}") from None
     if getattr(real, "vision_config", None) is not None:
@@ -38,7 +41,11 @@ def shrink_model(config_path: str, layouts: list[Layout], vocab: int, out: Path)
         raise PlanInvalid(f"the model cannot be shrunk for {Layout(**need).text()}: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
     small.save_pretrained(str(out))
-    return small, _shrink_summary(real, small)
+    code = copy_model_code(real, out)
+    summary = _shrink_summary(real, small)
+    if code:
+        summary += f"; its own modeling code ({', '.join(code)}, trusted by the plan) runs in every run"
+    return small, summary
 
 
 def _vl_as_is(config, out: Path):

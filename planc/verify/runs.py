@@ -30,6 +30,7 @@ class Batch:
     steps: int
     timeout: float
     baseline: bool = False
+    trust_remote_code: bool = False  # the plan's: its model directory's own code loads the exports
     results: list[dict] = field(default_factory=list)  # one entry per layout (see `run_all`)
     refs: dict[str, dict] = field(default_factory=dict)  # dtype -> the reference run
     problems: list[str] = field(default_factory=list)
@@ -86,7 +87,7 @@ def _run_layout(b: Batch, d: Layout, dtype: str) -> dict:
         return run
     run.update(read_run(run_dir, b.steps))
     if (run_dir / "checkpoints" / "hf").is_dir():
-        run["export"] = check_export(run_dir)
+        run["export"] = check_export(run_dir, b.trust_remote_code)
     if b.baseline and dtype == b.speed_dtype:
         run["baseline_tokens_per_s"] = _baseline(b, d.world, dtype)
     return run
