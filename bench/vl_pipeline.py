@@ -27,16 +27,11 @@ Everything goes through the runtime's loader and collator (runtime.data.multimod
 """
 from __future__ import annotations
 
+import argparse
 import os
-
-os.environ["RAYON_NUM_THREADS"] = "1"          # the fast tokenizer's thread pool: one core
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
-os.environ["OMP_NUM_THREADS"] = "1"
-
-import argparse  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import sys
+import time
+from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "generated" / "vl-demo.py"
@@ -206,6 +201,8 @@ def packing_line(pack, steps, dp, grad_accum, s) -> str:
 
 
 def main():
+    os.environ["RAYON_NUM_THREADS"] = "1"  # the fast tokenizer's thread pool: one core (set before it loads)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     import torch
 
     torch.set_num_threads(1)
