@@ -89,7 +89,7 @@ def precomputed_batches(s: dict, steps: int, rank: int, world: int):
                              dp_rank=rank, dp_size=world, seed=s["train.seed"], shuffle=s["data.shuffle"],
                              tokens=s["data.tokens"], patches=s["data.patches"], warmup_steps=s["data.warmup_steps"],
                              system_prompt=s["data.system_prompt"], truncation=s["data.truncation"],
-                             on_bad_record=s["data.on_bad_record"], log=lambda m: None)
+                             on_bad_record=s["data.on_bad_record"], prefetch=0, log=lambda m: None)
     it = iter(loader)
     return [next(it) for _ in range(steps)]
 
@@ -162,24 +162,42 @@ def hand_worker(script: Path, steps: int, result: str) -> None:
 
 def framework_worker(script: Path, result: str, data_result: str, script_args: list[str]) -> None:
     """train_overhead's framework worker (the script run unchanged, CPU time at each log call), with
-    the wall and CPU time of each `next()` on the script's loader noted; rank 0 writes them."""
+    the script's data time noted per step; rank 0 writes it. `data_wall`: the training thread's
+    wait in `next(loader)`; `data_cpu`: the CPU time of making the step's batches, in whichever
+    thread made them (runtime.data.prefetch makes them ahead, in its own thread)."""
+    import threading
+
     import runtime.data.loader as loader_mod
 
-    fetches = []
-    plain_iter = loader_mod.StepLoader.__iter__
+    made, waited = [], []
 
-    def timed_iter(self):
-        it = plain_iter(self)
-        while True:
-            wall, cpu = time.perf_counter(), time.process_time()
-            item = next(it)
-            fetches.append({"data_wall": time.perf_counter() - wall, "data_cpu": time.process_time() - cpu})
-            yield item
+    def timed(plain_iter, record):
+        def timed_iter(self):
+            it = plain_iter(self)
+            while True:
+                main = threading.current_thread() is threading.main_thread()
+                wall, cpu = time.perf_counter(), time.thread_time()
+                item = next(it)
+                record(main, time.perf_counter() - wall, time.thread_time() - cpu)
+                yield item
+        return timed_iter
 
-    loader_mod.StepLoader.__iter__ = timed_iter
+    def step_loader(main, wall, cpu):  # makes the batches, in the thread that iterates it
+        made.append(cpu)
+        if main:  # no prefetching: the training thread waits for it
+            waited.append(wall)
+
+    loader_mod.StepLoader.__iter__ = timed(loader_mod.StepLoader.__iter__, step_loader)
+    try:
+        import runtime.data.prefetch as prefetch_mod
+    except ImportError:  # a runtime without a prefetching loader
+        prefetch_mod = None
+    if prefetch_mod is not None:
+        prefetch_mod.Prefetch.__iter__ = timed(prefetch_mod.Prefetch.__iter__,
+                                               lambda main, wall, cpu: waited.append(wall))
     to.framework_worker(script, result, script_args)
     if int(os.environ.get("RANK", 0)) == 0:
-        Path(data_result).write_text(json.dumps(fetches))
+        Path(data_result).write_text(json.dumps([{"data_wall": w, "data_cpu": c} for w, c in zip(waited, made)]))
 
 
 def run_framework(script: Path, nproc: int, total: int, work: Path) -> list[dict]:

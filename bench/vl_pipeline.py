@@ -89,7 +89,8 @@ def vl_loader(s: dict, proc, src, *, pack: str, dp: int = 1, rank: int = 0, grad
     budget = {"tokens": s["data.tokens"]} if pack == "dynamic" else {}
     ld = build_vl_loader([src], proc, max_len=s["data.max_len"], pack=pack, micro_batch=micro_batch,
                          grad_accum=grad_accum, dp_rank=rank, dp_size=dp, seed=s["train.seed"],
-                         shuffle=s["data.shuffle"], patches=s["data.patches"], log=lambda m: None, **budget)
+                         shuffle=s["data.shuffle"], patches=s["data.patches"], prefetch=0, log=lambda m: None,
+                         **budget)
     counter = Counting(ld.dataloader.dataset.collate)
     ld.dataloader.dataset.collate = counter
     return ld, counter
