@@ -18,10 +18,12 @@ the same settings and seed, so both see the same micro-batches; the per-step los
 step's gradient norm) are compared to show it.
 
 The generated script makes its batches as it trains (the loader decodes the step's images, runs
-the image processor and packs the rows between steps; bench/vl_pipeline.py measures that alone);
-the hand loop does not. So besides the ratio of the whole step, the table gives it without the
-script's data time (wall and CPU time spent in `next(loader)`, timed in the script's own process):
-the cost of the training step itself. Timing, pairs and ratios as in bench/train_overhead.py.
+the image processor and packs the rows, in a thread one step ahead: runtime/data/prefetch.py;
+bench/vl_pipeline.py measures that work alone); the hand loop does not. So besides the ratios of
+the whole run, the table gives them without the script's data time: on the wall clock, what the
+training thread waited in `next(loader)`; on the CPU clock, the CPU time of making the batches in
+whichever thread made them. The latter is the cost of the training step itself. Timing, pairs and
+ratios as in bench/train_overhead.py; targets as for text (>= 0.97 on one process, >= 0.95 on two).
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import train_overhead as to  # noqa: E402  (launcher, CPU clock, settings reader, throughput arithmetic)
 
 SCRIPT = REPO / "generated" / "vl-demo.py"
-TARGETS = {1: 0.97, 2: 0.97}
+TARGETS = {1: 0.97, 2: 0.95}
 _PART = re.compile(r'\("([\w.]+)", ([0-9.eE+-]+) \* cfg\.train\.lr\)')
 
 
@@ -272,7 +274,8 @@ def main() -> None:
           f"<= {s['data.tokens']} tokens / {s['data.patches']} patches, lr parts {lr_parts()}, {args.warmup} warm-up + "
           f"{args.steps} timed steps per run, OMP_NUM_THREADS=1, {os.cpu_count()} cores")
     print("ratio = framework / hand, target tokens/s over the timed window: wall, rank 0's CPU time, and both without\n"
-          "the script's data time (its loader decodes and packs between steps; the hand loop's batches are ready).\n"
+          "the script's data time (wall: its training thread's wait for batches; cpu: the CPU time of making them;\n"
+          "the hand loop's batches are ready). data ms/step: the wait.\n"
           "loss diff: largest relative difference of the per-step losses; gnorm diff: of the first step's norm")
     print(f"{'layout':<12} {'pair':>4} {'fw tok/s':>9} {'hand tok/s':>10} {'wall':>6} {'cpu':>6} {'wall-data':>9} "
           f"{'cpu-data':>8} {'data ms/step':>12}  {'loss diff':>9} {'gnorm diff':>10}")
