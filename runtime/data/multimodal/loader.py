@@ -10,7 +10,9 @@ whole multimodal samples, a vision-patch budget and the collation of collate.py.
 
 Every source is a map-style `sft` source of conversation records (records.py); each rank reads and
 plans every record, so steps, resume and the global batch behave exactly as the text loader's
-global mode (runtime.data.loader): the same rows at any dp, exact resume mid-epoch.
+global mode (runtime.data.loader): the same rows at any dp, exact resume mid-epoch. Each step's
+media are decoded and processed when the step is made, in a thread `prefetch` steps ahead of
+training (runtime.data.prefetch; 0: on the training thread, between steps).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from ..bad_records import BadRecords
 from ..kinds import pad_id
 from ..loader import StepLoader, check_batching, rank0_logger, loader_from_orders
 from ..mixture import MapOrder
+from ..prefetch import Prefetch
 from ..sources import Source, read_records
 from .collate import Collator
 from .docs import VLDocMaker, build_vl_store
@@ -45,11 +48,12 @@ def build_vl_loader(sources: Sequence[Source], processor, max_len: int, pack: st
                     seed: int = 0, shuffle: bool = True, tokens: int | None = None, patches: int | None = None,
                     warmup_steps: int = 0, on_bad_record: str = "skip", system_prompt: str | None = None,
                     truncation: str = "right", pad_to_multiple_of: int = 1, lookahead: float = 4.0,
-                    log: Callable[[str], None] | None = None) -> StepLoader:
+                    prefetch: int = 1, log: Callable[[str], None] | None = None) -> StepLoader | Prefetch:
     """A StepLoader over vision-language `sources` (see the module docstring).
 
     tokens / patches: per-bin budgets (tokens: pack = dynamic; patches: any packing, None = no
-    limit on vision patches); pad_to_multiple_of: row length multiple (sequence-parallel degree)."""
+    limit on vision patches); pad_to_multiple_of: row length multiple (sequence-parallel degree);
+    prefetch: steps made ahead in a thread (0: none)."""
     if not sources:
         raise ValueError("build_vl_loader needs at least one source")
     if not 0 <= dp_rank < dp_size:
@@ -80,8 +84,9 @@ def build_vl_loader(sources: Sequence[Source], processor, max_len: int, pack: st
     # Images always, videos when the data has any: every micro-batch runs each of them once.
     needs = ("image", "video") if "video" in kinds else ("image",)
     collate = Collator(processor, RopeIndex(processor.config), needs, pad_to_multiple_of)
-    return loader_from_orders(orders, [s.weight for s in sources], pack=pack, max_len=max_len,
-                              micro_batch=micro_batch, grad_accum=grad_accum, dp_rank=dp_rank, dp_size=dp_size,
-                              tokens=tokens, warmup_steps=warmup_steps, pad=pad_id(processor.tok),
-                              pad_to_multiple_of=pad_to_multiple_of, lookahead=lookahead, global_mode=True,
-                              bad=bad, log=log, names=names, collate=collate, patches=patches)
+    loader = loader_from_orders(orders, [s.weight for s in sources], pack=pack, max_len=max_len,
+                                micro_batch=micro_batch, grad_accum=grad_accum, dp_rank=dp_rank, dp_size=dp_size,
+                                tokens=tokens, warmup_steps=warmup_steps, pad=pad_id(processor.tok),
+                                pad_to_multiple_of=pad_to_multiple_of, lookahead=lookahead, global_mode=True,
+                                bad=bad, log=log, names=names, collate=collate, patches=patches)
+    return Prefetch(loader, prefetch) if prefetch else loader
