@@ -45,6 +45,13 @@ def train_vl_tokenizer(texts: Iterable[str], out: str | Path, vocab_size: int = 
                                    model_max_length=1_000_000)
     fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
     fast.chat_template = QWEN_VL_TEMPLATE
+    if audio:  # the Omni thinkers' layout of the same conversation parts, plus audio clips
+        from runtime.data.multimodal.omni import omni_template
+
+        fast.chat_template = omni_template({
+            "image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "audio_token": "<|audio_pad|>",
+            "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>",
+            "audio_start_token": "<|audio_start|>", "audio_end_token": "<|audio_end|>"})
     out = Path(out)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     fast.save_pretrained(str(tmp))

@@ -7,7 +7,8 @@ from .collate import Collator, model_inputs
 from .loader import build_vl_loader
 from .media import MediaError, MediaSettings, settings_for
 from .positions import RopeIndex
-from .processor import VLProcessor, build_processor, load_hf_processor, save_hf_processor
+from .build import build_processor
+from .processor import VLProcessor, load_hf_processor, save_hf_processor
 from .records import RecordError, conversation
 from .template import QWEN_VL_TEMPLATE
 

@@ -128,16 +128,6 @@ class VLProcessor:
         return save_hf_processor(out_dir, self.tok, self.config, self.settings, self.template)
 
 
-def build_processor(tokenizer, config, chat_template: str = "qwen_vl", **settings) -> VLProcessor:
-    """The processor of a plan: a tokenizer (a local directory, or one already loaded), the model's
-    config, and media settings (MediaSettings fields; the rest from the config, see settings_for)."""
-    from ..kinds import load_tokenizer
-    from .media import settings_for
-
-    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
-    return VLProcessor(tok, config, settings_for(config, **settings), chat_template)
-
-
 def _image_only(cls):
     """`cls` (a Qwen-VL processor) declaring only image processor + tokenizer: the video processors
     need torchvision, which is not installed here."""

@@ -1,0 +1,67 @@
+"""Omni plans: a Qwen2.5-Omni thinker plan checks (audio tokens known to the tokenizer, records with
+audio rendered as training renders them) and compiles to the VL script path with the Omni processor;
+the `vl-audio` rule's located errors."""
+import json
+
+import pytest
+
+from planc.emit import render_script
+from planc.frontend import check_file
+from planc.lower import lower
+
+from test_vl_plan import REPO, errors, plan_text
+
+import omnifix
+
+OMNI_MEDIA = ("media { min_pixels = 784  max_pixels = 9216  video_min_pixels = 784  video_max_pixels = 4096  "
+              "video_max_frames = 8  audio_max_seconds = 4.0 }")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = omnifix.make_data(tmp_path_factory.mktemp("omni_plan") / "data")
+    return {**d, "chat": d["chat"]}
+
+
+def omni_plan(data, **kw):
+    rules = ('fsdp "model.language_model.layers.*" "model.visual.blocks.*" "model.audio_tower.layers.*"')
+    return plan_text(data, model=kw.pop("model", "tiny-qwen2.5-omni-thinker"), rules=rules,
+                     media=kw.pop("media", OMNI_MEDIA), **kw)
+
+
+def check(tmp_path, text):
+    path = tmp_path / "p.veo"
+    path.write_text(text)
+    return check_file(str(path)), path
+
+
+def test_an_omni_plan_checks_and_compiles(tmp_path, data):
+    checked, path = check(tmp_path, omni_plan(data))
+    assert not errors(checked), errors(checked)
+    assert not errors(checked, "warning"), errors(checked, "warning")
+    script = render_script(lower(checked, "generated/op.py"))
+    assert "build_processor(" in script and "audio_max_seconds=cfg.data.audio_max_seconds" in script
+
+
+@pytest.mark.parametrize("edit,rule,words,at", [
+    ({"model": "tiny-qwen2.5-vl", "media": "media { audio_rate = 16000 }"}, "vl-audio", "has no audio tower",
+     "audio_rate"),
+    ({"media": "media { audio_max_seconds = 30.0 }"}, "vl-audio", "audio tokens, and a row holds max_len = 256",
+     "audio_max_seconds"),
+])
+def test_audio_rules_are_located(tmp_path, data, edit, rule, words, at):
+    checked, path = check(tmp_path, omni_plan(data, **edit))
+    found = [d for d in checked.diagnostics if d.rule == rule]
+    assert found and words in found[0].message, errors(checked)
+    line = path.read_text().splitlines()[found[0].span.line - 1]
+    assert at in line[found[0].span.col - 1:], line
+
+
+def test_tokenizer_without_audio_tokens_is_refused(tmp_path, data):
+    import vlfix
+
+    vl = vlfix.make_data(tmp_path / "vl")
+    text = omni_plan(data).replace(json.dumps(str(data["tokenizer"])), json.dumps(str(vl["tokenizer"])))
+    checked, _ = check(tmp_path, text)
+    msgs = [m for _, m, _ in errors(checked)]
+    assert any("no special token for the model config's audio_token_id 9" in m for m in msgs), msgs
