@@ -39,30 +39,30 @@ SETTINGS = {
     "data.system_prompt": None,                                # omni-demo.veo:19 (default)
     "data.truncation": "right",                                # omni-demo.veo:19 (default)
     "data.on_bad_record": "skip",                              # omni-demo.veo:19 (default)
-    "data.max_pixels": 9216,                                   # omni-demo.veo:24
-    "data.video_max_frames": 8,                                # omni-demo.veo:24
-    "data.video_min_pixels": 784,                              # omni-demo.veo:24
-    "data.video_max_pixels": 4096,                             # omni-demo.veo:24
-    "data.audio_max_seconds": 4.0,                             # omni-demo.veo:24
-    "train.steps": 30,                                         # omni-demo.veo:28
-    "train.global_batch": 4,                                   # omni-demo.veo:28
-    "train.micro_batch": 1,                                    # omni-demo.veo:28
-    "train.lr": 0.003,                                         # omni-demo.veo:29
-    "train.weight_decay": 0.0,                                 # omni-demo.veo:27 (default)
-    "train.betas": [0.9, 0.95],                                # omni-demo.veo:27 (default)
-    "train.eps": 1e-08,                                        # omni-demo.veo:27 (default)
-    "train.schedule": "constant",                              # omni-demo.veo:27 (default)
-    "train.warmup": 0,                                         # omni-demo.veo:27 (default)
-    "train.clip": 1.0,                                         # omni-demo.veo:27 (default)
-    "train.seed": 0,                                           # omni-demo.veo:27 (default)
-    "train.log_every": 1,                                      # omni-demo.veo:27 (default)
-    "train.output": None,                                      # omni-demo.veo:27 (default)
-    "train.param_dtype": "fp32",                               # omni-demo.veo:27 (default)
-    "train.reduce_dtype": "fp32",                              # omni-demo.veo:27 (default)
-    "checkpoint.dir": "out/omni-demo",                         # omni-demo.veo:32
-    "checkpoint.every": 15,                                    # omni-demo.veo:32
-    "checkpoint.keep": 2,                                      # omni-demo.veo:32 (default)
-    "checkpoint.export": "hf",                                 # omni-demo.veo:32 (default)
+    "data.max_pixels": 9216,                                   # omni-demo.veo:25
+    "data.video_max_frames": 8,                                # omni-demo.veo:25
+    "data.video_min_pixels": 784,                              # omni-demo.veo:25
+    "data.video_max_pixels": 4096,                             # omni-demo.veo:25
+    "data.audio_max_seconds": 4.0,                             # omni-demo.veo:25
+    "train.steps": 30,                                         # omni-demo.veo:30
+    "train.global_batch": 4,                                   # omni-demo.veo:30
+    "train.micro_batch": 1,                                    # omni-demo.veo:30
+    "train.lr": 0.003,                                         # omni-demo.veo:31
+    "train.weight_decay": 0.0,                                 # omni-demo.veo:29 (default)
+    "train.betas": [0.9, 0.95],                                # omni-demo.veo:29 (default)
+    "train.eps": 1e-08,                                        # omni-demo.veo:29 (default)
+    "train.schedule": "constant",                              # omni-demo.veo:29 (default)
+    "train.warmup": 0,                                         # omni-demo.veo:29 (default)
+    "train.clip": 1.0,                                         # omni-demo.veo:29 (default)
+    "train.seed": 0,                                           # omni-demo.veo:29 (default)
+    "train.log_every": 1,                                      # omni-demo.veo:29 (default)
+    "train.output": None,                                      # omni-demo.veo:29 (default)
+    "train.param_dtype": "fp32",                               # omni-demo.veo:29 (default)
+    "train.reduce_dtype": "fp32",                              # omni-demo.veo:29 (default)
+    "checkpoint.dir": "out/omni-demo",                         # omni-demo.veo:34
+    "checkpoint.every": 15,                                    # omni-demo.veo:34
+    "checkpoint.keep": 2,                                      # omni-demo.veo:34 (default)
+    "checkpoint.export": "hf",                                 # omni-demo.veo:34 (default)
 }
 
 cfg = config.load(SETTINGS, prog="generated/omni-demo.py")
@@ -89,13 +89,13 @@ models.materialize(model, info.device, seed=cfg.train.seed,
                    weights=models.weights_dir(cfg.model.config, cfg.model.weights))
 torch.manual_seed(cfg.train.seed)
 
-# --- optimizer + schedule (omni-demo.veo:29) ---
+# --- optimizer + schedule (omni-demo.veo:31) ---
 optimizer = optim.build_optimizer(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                   betas=cfg.train.betas, eps=cfg.train.eps)
 scheduler = optim.build_schedule(optimizer, kind=cfg.train.schedule, steps=cfg.train.steps,
                                  warmup=cfg.train.warmup)
 
-# --- data: every step is global_batch rows over the dp ranks (omni-demo.veo:19-25) ---
+# --- data: every step is global_batch rows over the dp ranks (omni-demo.veo:19-27) ---
 grad_accum = mesh.grad_accum(cfg.train.global_batch, cfg.train.micro_batch)
 # the processor: tokenizer, chat template and the image/video settings (patch sizes from the model's config)
 processor = build_processor(cfg.data.tokenizer, model.config,
@@ -120,7 +120,7 @@ loader = build_vl_loader(sources, processor, max_len=cfg.data.max_len, pack=cfg.
                          system_prompt=cfg.data.system_prompt, truncation=cfg.data.truncation,
                          on_bad_record=cfg.data.on_bad_record)
 
-# --- resume: --resume auto|none|PATH (omni-demo.veo:32) ---
+# --- resume: --resume auto|none|PATH (omni-demo.veo:34) ---
 resume_from = dcp.resolve_resume(cfg.resume, cfg.checkpoint.dir)
 start = 0
 if resume_from is not None:
@@ -128,7 +128,7 @@ if resume_from is not None:
     log.info(f"resumed from {resume_from} after step {start}")
 log.start_at(start)
 
-# --- train (omni-demo.veo:27-30) ---
+# --- train (omni-demo.veo:29-32) ---
 model.train()
 batches = iter(loader)
 for step in range(start + 1, cfg.train.steps + 1):
@@ -143,19 +143,19 @@ for step in range(start + 1, cfg.train.steps + 1):
         micro_loss = loss.cross_entropy_sum(out.logits, batch["labels"])
         (micro_loss / tokens).backward()
         loss_sum += micro_loss.detach()
-    grad_norm = optim.clip_grad_norm(model.parameters(), cfg.train.clip)  # omni-demo.veo:27 (default)
+    grad_norm = optim.clip_grad_norm(model.parameters(), cfg.train.clip)  # omni-demo.veo:29 (default)
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     log.log(step, loss=loss.step_loss(loss_sum, tokens, mesh.loss_group), grad_norm=grad_norm.item(),
             lr=lr, tokens=tokens)
-    if step % cfg.checkpoint.every == 0 or step == cfg.train.steps:  # omni-demo.veo:32
+    if step % cfg.checkpoint.every == 0 or step == cfg.train.steps:  # omni-demo.veo:34
         path = dcp.save(cfg.checkpoint.dir, step, model=model, optimizer=optimizer,
                         scheduler=scheduler, loader=loader, keep=cfg.checkpoint.keep)
         log.info(f"checkpoint {path}")
 
-# --- export for Hugging Face: safetensors + config + processor (omni-demo.veo:32) ---
+# --- export for Hugging Face: safetensors + config + processor (omni-demo.veo:34) ---
 if cfg.checkpoint.export == "hf":
     log.info(f"exported {export.export_hf(f'{cfg.checkpoint.dir}/hf', model, processor=processor)}")
 

@@ -21,7 +21,9 @@ data {
   tokenizer = "data/omni_demo/tokenizer"
   max_len   = 256
   pack      = dynamic { tokens = 1024 }
-  media { max_pixels = 9216  video_min_pixels = 784  video_max_pixels = 4096  video_max_frames = 8  audio_max_seconds = 4.0 }
+  media {
+    max_pixels = 9216  video_min_pixels = 784  video_max_pixels = 4096  video_max_frames = 8  audio_max_seconds = 4.0
+  }
 }
 
 train {

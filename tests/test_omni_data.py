@@ -40,7 +40,7 @@ def test_features_keep_the_clip_length(data):
     plan = plan_audio(path, proc.audio)
     x = proc.features(path, plan)
     assert x.shape == (32, plan.frames) and plan.frames == int(0.6 * 16000) // 160
-    assert proc.audio_tokens(plan.frames) == ((plan.frames - 1) // 2 + 1 - 2) // 2 + 1
+    assert proc.audio_tokens(plan.frames) == ((plan.frames - 1) // 2 + 1 - 2) // 2 + 1  # Qwen2.5-Omni
 
 
 def test_audio_parts_in_both_layouts(tmp_path):

@@ -65,3 +65,34 @@ def test_tokenizer_without_audio_tokens_is_refused(tmp_path, data):
     checked, _ = check(tmp_path, text)
     msgs = [m for _, m, _ in errors(checked)]
     assert any("no special token for the model config's audio_token_id 9" in m for m in msgs), msgs
+
+
+def _verify(tmp_path, text, steps):
+    import subprocess
+    import sys
+
+    path = tmp_path / "p.veo"
+    path.write_text(text)
+    return subprocess.run([sys.executable, "-m", "planc", "verify", str(path), "--dtype", "fp64", "--steps", str(steps)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_verify_proves_fsdp2_on_qwen2_5_omni(tmp_path, data):
+    """`planc verify` of a Qwen2.5-Omni thinker plan (audio, images; FSDP2 over the language model, the
+    vision blocks and the audio tower's layers): fp64 verdict and the HF export check."""
+    out = _verify(tmp_path, omni_plan(data), 2)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "OK: vlp" in out.stdout and "HF export (fp64): loads" in out.stdout, out.stdout[-2000:]
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_verify_proves_expert_parallel_qwen3_omni_moe(tmp_path, data):
+    """`planc verify` of a Qwen3-Omni-MoE thinker plan with `ep plan = model` over FSDP2 x EP 2: fp64 verdict."""
+    text = omni_plan(data, model="tiny-qwen3-omni-moe-thinker", mesh="dp_shard = 2  ep = 2").replace(
+        'fsdp "model.language_model.layers.*"', 'ep plan = model\n  fsdp "model.language_model.layers.*"')
+    out = _verify(tmp_path, text, 2)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "EP=2" in out.stdout and "OK: vlp" in out.stdout, out.stdout[-2000:]

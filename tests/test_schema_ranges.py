@@ -79,14 +79,14 @@ def _loader(pack="greedy", max_len=8, micro_batch=1, grad_accum=1, tokens=None, 
 
 
 def _audio(**kw):
-    """The features of a 0.2 s tone with these audio settings (the others at their defaults)."""
+    """The features of a 1 s tone with these audio settings (the others at their defaults)."""
     import numpy as np
 
     from runtime.data.multimodal.audio import AudioSettings, features
     from runtime.data.multimodal.build import AUDIO_KEYS
 
     s = AudioSettings(mel_bins=16, **{AUDIO_KEYS[k]: v for k, v in kw.items()})
-    wave = np.sin(np.arange(int(0.2 * s.rate)) / 7.0).astype(np.float32)
+    wave = np.sin(np.arange(int(1.0 * s.rate)) / 7.0).astype(np.float32)
     x = features(wave, s, s.feature_extractor())
     assert x.shape[0] == 16 and np.isfinite(x).all()
     return x

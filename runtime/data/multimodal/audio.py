@@ -8,8 +8,9 @@ model's audio config, one column per `audio_hop` samples. A clip is NOT padded t
 default pads every clip to 3000 frames): the Omni audio towers take any length, so a clip keeps its
 own frames, and a micro-batch pads its clips only to the longest one (`feature_attention_mask`).
 
-The audio tower turns F feature frames into ((F - 1) // 2 + 1 - 2) // 2 + 1 tokens (two stride-2
-steps; `audio_tokens`), the number of ``<|audio_pad|>`` placeholders the text gets.
+The audio tower turns F feature frames into fewer tokens (Qwen2.5-Omni: ((F - 1) // 2 + 1 - 2) // 2 + 1;
+the count is the family's own function, runtime.data.multimodal.omni.audio_tokens_fn), the number of
+audio placeholders the text gets.
 
 `plan_audio` decodes the file once when the data is read (so a missing or broken clip is a bad
 record); `audio_features` decodes it again when the batch is made.
@@ -49,11 +50,6 @@ class AudioPlan:
     seconds: float
 
 
-def audio_tokens(frames: int) -> int:
-    """Placeholder tokens of a clip of `frames` feature frames (the audio towers' two stride-2 steps)."""
-    return ((frames - 1) // 2 + 1 - 2) // 2 + 1
-
-
 def decode(path: str, rate: int) -> np.ndarray:
     """The first audio stream of `path`, mono float32 at `rate`; MediaError if missing/undecodable."""
     import av
@@ -82,7 +78,7 @@ def plan_audio(path: str, s: AudioSettings) -> AudioPlan:
     if seconds > s.max_seconds:
         raise MediaError("audio too long", f"{path}: {seconds:.1f} s > audio_max_seconds {s.max_seconds}")
     frames = len(wave) // s.hop
-    if audio_tokens(frames) < 1:
+    if frames < 1 or len(wave) <= s.n_fft // 2:  # (the STFT pads half a window by reflection)
         raise MediaError("audio too short", f"{path}: {seconds * 1000:.0f} ms")
     return AudioPlan(frames, seconds)
 

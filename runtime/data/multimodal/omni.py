@@ -106,7 +106,12 @@ class OmniProcessor(VLProcessor):
                 self.audio_end_id)
 
     def plan(self, kind: str, path: str):
-        return plan_audio(path, self.audio) if kind == "audio" else super().plan(kind, path)
+        if kind != "audio":
+            return super().plan(kind, path)
+        plan = plan_audio(path, self.audio)
+        if self.audio_tokens(plan.frames) < 1:
+            raise MediaError("audio too short", f"{path}: {plan.seconds * 1000:.0f} ms")
+        return plan
 
     @staticmethod
     def grid(kind: str, plan) -> tuple:
