@@ -165,6 +165,8 @@ _MEDIA = _keys(
     Key("audio_n_fft", "int", None, "audio samples per STFT window (400)", min=2, setting="data.audio_n_fft"),
     Key("audio_max_seconds", "float", None, "longest clip (a longer one is a bad record; 30)", above=0,
         setting="data.audio_max_seconds"),
+    Key("use_audio_in_video", "bool", None, "each video's audio track interleaved with its frames (Omni thinkers)",
+        setting="data.use_audio_in_video"),
 )
 
 _SOURCE = _keys(

@@ -33,6 +33,28 @@ def write_wav(path: Path, seconds: float, rate: int = 22050, freq: float = 440.0
     return path
 
 
+def write_av(path: Path, frames: int = 8, seconds: float = 2.0, fps: int = 4, seed: int = 0) -> Path:
+    """A Matroska video (MPEG-4 noise frames) with a 16 kHz mono PCM tone as its audio track."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("mpeg4", rate=fps)
+        vs.height, vs.width, vs.pix_fmt = 48, 64, "yuv420p"
+        a = c.add_stream("pcm_s16le", rate=16000)
+        a.layout = "mono"
+        for _ in range(frames):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), "rgb24")
+            for packet in vs.encode(frame):
+                c.mux(packet)
+        tone = (np.sin(np.arange(int(seconds * 16000)) / 5.0) * 8000).astype(np.int16)[None]
+        sound = av.AudioFrame.from_ndarray(tone, format="s16", layout="mono")
+        sound.sample_rate = 16000
+        for packet in [*a.encode(sound), *a.encode(), *vs.encode()]:
+            c.mux(packet)
+    return path
+
+
 def make_data(root: Path) -> dict:
     """Tokenizer, media and a jsonl of 8 conversations (audio, image + audio, image, text-only)."""
     import textwrap
@@ -43,6 +65,9 @@ def make_data(root: Path) -> dict:
     tok = train_vl_tokenizer([inspect.getsource(json), inspect.getsource(textwrap)], root / "tokenizer", audio=True)
     media = root / "media"
     media.mkdir(exist_ok=True)
+    write_av(media / "av0.mkv", frames=14, seconds=3.5)  # over 2 s: audio and video interleave by chunk
+    write_av(media / "av1.mkv", frames=6, seconds=1.5, seed=1)
+    vlfix.write_video(media / "silent.mp4", frames=6, seed=12)
     for i in range(4):
         vlfix.write_image(media / f"img{i}.png", 40 + 12 * i, 90 - 8 * i, seed=i)
         write_wav(media / f"clip{i}.wav", 0.3 + 0.3 * i, freq=220.0 * (i + 1), seed=i)
@@ -61,18 +86,24 @@ def make_data(root: Path) -> dict:
             parts = f"Say something about text wrapping, part {i}."
         records.append(vlfix.hf(parts, answer))
     (root / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    av_records = [vlfix.hf([{"type": "video", "video": f"media/av{i}.mkv"}, {"type": "text", "text": "What is it?"}],
+                           " ".join(words[5 * i: 5 * i + 6])) for i in range(2)]
+    av_records.append(vlfix.hf([{"type": "image", "image": "media/img0.png"}, {"type": "audio", "audio": "media/clip2.wav"}],
+                               "a picture and a tone"))
+    (root / "chat_av.jsonl").write_text("".join(json.dumps(r) + "\n" for r in av_records))
     no_audio = [r for i, r in enumerate(records) if i % 4 in (2, 3)]
     (root / "chat_no_audio.jsonl").write_text("".join(json.dumps(r) + "\n" for r in no_audio))
-    return {"dir": root, "tokenizer": tok, "chat": root / "chat.jsonl", "chat_no_audio": root / "chat_no_audio.jsonl"}
+    return {"dir": root, "tokenizer": tok, "chat": root / "chat.jsonl", "chat_no_audio": root / "chat_no_audio.jsonl",
+            "chat_av": root / "chat_av.jsonl", "silent": media / "silent.mp4"}
 
 
-def processor(name: str, tokenizer, **audio):
+def processor(name: str, tokenizer, use_audio_in_video=False, **audio):
     from runtime.data.kinds import load_tokenizer
     from runtime.data.multimodal.omni import build_omni_processor
     from runtime.model import load_config
 
     return build_omni_processor(load_tokenizer(tokenizer), load_config(CONFIGS[name]), audio={**AUDIO, **audio},
-                                **vlfix.SMALL)
+                                use_audio_in_video=use_audio_in_video, **vlfix.SMALL)
 
 
 def reference(name: str, seed: int = 0, dtype=None):

@@ -81,8 +81,8 @@ def _verify(tmp_path, text, steps):
 @pytest.mark.slow
 def test_verify_proves_fsdp2_on_qwen2_5_omni(tmp_path, data):
     """`planc verify` of a Qwen2.5-Omni thinker plan (audio, images; FSDP2 over the language model, the
-    vision blocks and the audio tower's layers): fp64 verdict and the HF export check."""
-    out = _verify(tmp_path, omni_plan(data), 2)
+    vision blocks and the audio tower's layers), with an HF export: fp64 verdict and the export check."""
+    out = _verify(tmp_path, omni_plan(data) + f'checkpoint {{ dir = "{tmp_path}/ck"  every = 2 }}\n', 2)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "OK: vlp" in out.stdout and "HF export (fp64): loads" in out.stdout, out.stdout[-2000:]
 

@@ -4,7 +4,7 @@ the largest size fits a row and a micro-batch's patch budget. A text model refus
 settings are for Omni thinkers, whose longest clip must fit a row."""
 from __future__ import annotations
 
-from runtime.data.multimodal.build import AUDIO_KEYS
+from runtime.data.multimodal.build import AUDIO_KEYS, OMNI_KEYS
 from runtime.vocab import VL_CHAT_TEMPLATES
 
 from ..schema import DATA
@@ -75,7 +75,7 @@ def _audio(ctx) -> bool:
     from runtime.data.multimodal.positions import is_omni
 
     p = ctx.plan
-    written = {k: v for k, v in media_settings(p).items() if k in AUDIO_KEYS}
+    written = {k: v for k, v in media_settings(p).items() if k in OMNI_KEYS}
     if not is_omni(ctx.tree.config):
         if written:
             first = next(iter(written))
@@ -83,7 +83,7 @@ def _audio(ctx) -> bool:
                       p.span(f"data.{first}"), "drop it, or point `model.config` at an Omni thinker")
             return False
         return True
-    a = audio_settings_for(ctx.tree.config, **{AUDIO_KEYS[k]: v for k, v in written.items()})
+    a = audio_settings_for(ctx.tree.config, **{AUDIO_KEYS[k]: v for k, v in written.items() if k in AUDIO_KEYS})
     tokens = audio_tokens_fn(ctx.tree.config)(int(a.max_seconds * a.rate) // a.hop)
     if p["data.max_len"] is not None and tokens >= p["data.max_len"]:
         where = "data.audio_max_seconds" if "audio_max_seconds" in written else "data.max_len"
@@ -100,7 +100,7 @@ def _settings(ctx):
 
     p = ctx.plan
     try:
-        s = settings_for(ctx.tree.config, **{k: v for k, v in media_settings(p).items() if k not in AUDIO_KEYS})
+        s = settings_for(ctx.tree.config, **{k: v for k, v in media_settings(p).items() if k not in OMNI_KEYS})
     except ValueError as e:
         ctx.error("vl-media", str(e), p.blocks["data"], "see the `media` keys in docs/language.md")
         return None

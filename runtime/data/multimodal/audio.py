@@ -63,6 +63,8 @@ def decode(path: str, rate: int) -> np.ndarray:
             for frame in container.decode(container.streams.audio[0]):
                 chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
             chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    except MediaError:
+        raise
     except FileNotFoundError:
         raise MediaError("missing audio file", path) from None
     except (av.FFmpegError, OSError, ValueError) as e:

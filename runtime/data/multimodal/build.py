@@ -12,6 +12,7 @@ from .positions import is_omni
 from .processor import VLProcessor
 
 AUDIO_KEYS = {"audio_rate": "rate", "audio_hop": "hop", "audio_n_fft": "n_fft", "audio_max_seconds": "max_seconds"}
+OMNI_KEYS = (*AUDIO_KEYS, "use_audio_in_video")  # the media keys only an Omni thinker takes
 
 def build_processor(tokenizer, config, chat_template: str = "qwen_vl", **settings) -> VLProcessor:
     """The processor of a plan: a tokenizer (a local directory, or one already loaded), the model's
@@ -20,9 +21,11 @@ def build_processor(tokenizer, config, chat_template: str = "qwen_vl", **setting
     settings are the `audio_*` keys (AUDIO_KEYS); other models refuse them."""
 
     audio = {AUDIO_KEYS[k]: settings.pop(k) for k in list(settings) if k in AUDIO_KEYS}
+    in_video = settings.pop("use_audio_in_video", None)
     if is_omni(config):
-        return build_omni_processor(tokenizer, config, chat_template, audio=audio, **settings)
-    if audio:
+        return build_omni_processor(tokenizer, config, chat_template, bool(in_video), audio=audio, **settings)
+    if audio or in_video is not None:
+        audio = {**audio, **({} if in_video is None else {"use_audio_in_video": in_video})}
         raise ValueError(f"{config.model_type} has no audio tower: audio settings {sorted(audio)} do not apply")
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
     return VLProcessor(tok, config, settings_for(config, **settings), chat_template)

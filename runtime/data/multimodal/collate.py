@@ -73,7 +73,8 @@ class Collator:
         n = len(rows)
         ids = np.full((n, length), pad, dtype=np.int64)
         labels = np.full((n, length), IGNORE, dtype=np.int64)
-        pos = np.zeros((4, n, length), dtype=np.int64)
+        floats = any(np.issubdtype(doc.pos.dtype, np.floating) for row in rows for doc in row)
+        pos = np.zeros((4, n, length), dtype=np.float32 if floats else np.int64)  # float: Qwen3-Omni videos
         pixels = {"image": [], "video": []}
         grids = {"image": [], "video": []}
         clips = []
@@ -85,8 +86,10 @@ class Collator:
                 pos[0, r, at:at + k] = np.arange(k)
                 pos[1:, r, at:at + k] = doc.pos
                 for kind, path, plan in doc.media:
+                    if kind == "audio" or (path is not None and getattr(self.proc, "clips", None)
+                                           and self.proc.clips(kind, plan)):
+                        clips.append(self._features(path, plan))  # a clip, or a video's audio track
                     if kind == "audio":
-                        clips.append(self._features(path, plan))
                         continue
                     px, grid = self._pixels(kind, path, plan)
                     pixels[kind].append(px)

@@ -23,7 +23,8 @@ from .records import RecordError, base_dir, conversation
 
 
 class VLDoc(tuple):
-    """(ids, labels) with `.media` [(kind, path, plan)] and `.pos` (3, L) int64."""
+    """(ids, labels) with `.media` [(kind, path, plan)] and `.pos` (3, L) int64 (float32 where the model's
+    positions are floats: Qwen3-Omni videos)."""
 
     def __new__(cls, ids, labels, media, pos):
         doc = super().__new__(cls, (ids, labels))
@@ -41,11 +42,14 @@ class VLDocStore(DocStore):
     def add_vl(self, ids, labels, media, pos, patches: int, record: int) -> None:
         self.add(ids, labels, record)
         self.media.append(media)
-        self.pos.append(np.asarray(pos, dtype=np.int32))
+        pos = np.asarray(pos)  # float positions (Qwen3-Omni videos) stay float32, as the model makes them
+        self.pos.append(pos.astype(np.float32 if np.issubdtype(pos.dtype, np.floating) else np.int32))
         self.n_patches.append(patches)
 
     def doc(self, d: int) -> VLDoc:
-        return VLDoc(self.ids[d], self.labels[d], self.media[d], self.pos[d].astype(np.int64))
+        pos = self.pos[d]
+        return VLDoc(self.ids[d], self.labels[d], self.media[d],
+                     pos if np.issubdtype(pos.dtype, np.floating) else pos.astype(np.int64))
 
     def patches(self) -> np.ndarray:
         return np.asarray(self.n_patches, dtype=np.int64)

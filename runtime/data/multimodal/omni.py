@@ -9,8 +9,12 @@ spells them ``<|vision_bos|><|IMAGE|><|vision_eos|>`` ... ``<|audio_bos|><|AUDIO
 Qwen3-Omni ``<|vision_start|><|image_pad|>`` ... ``<|audio_start|><|audio_pad|><|audio_end|>``).
 A clip's pad becomes one token per audio-tower output frame, counted by the family's own function.
 
-`use_audio_in_video` (each video's audio track interleaved with its frames) is refused for now:
-both thinkers accept it, but their interleaving orders differ and are not built here yet.
+With `use_audio_in_video`, each video's audio track is decoded too (a silent video is a bad record)
+and its tokens are interleaved with the video's by the family's own processor method
+(``replace_video_with_audio_token``: Qwen2.5-Omni by chunks of `seconds_per_chunk`, Qwen3-Omni by
+time), called on a bare instance that holds only what it reads; the row then reads
+``<vision start><audio start>...video and audio tokens...<audio end><vision end>``, as the thinkers'
+``get_rope_index(use_audio_in_video=True)`` expects.
 """
 from __future__ import annotations
 
@@ -19,11 +23,45 @@ import importlib
 import numpy as np
 import torch
 
-from .audio import AudioSettings, audio_features, plan_audio
+from dataclasses import dataclass
+
+from .audio import AudioPlan, AudioSettings, audio_features, plan_audio
 from .media import MediaError, MediaSettings
 from .positions import OMNI_MODELS
 from .processor import VLProcessor
 from .template import template_for
+from .video import VideoPlan
+
+_PROCESSORS = {"qwen2_5_omni_thinker": ("qwen2_5_omni", "Qwen2_5OmniProcessor"),
+               "qwen3_omni_moe_thinker": ("qwen3_omni_moe", "Qwen3OmniMoeProcessor")}
+_SENTINELS = {"audio_bos_token": "B", "audio_eos_token": "E", "video_token": "V", "audio_token": "A"}
+
+
+@dataclass(frozen=True)
+class AVPlan(VideoPlan):
+    """A video and its audio track (use_audio_in_video)."""
+    audio: AudioPlan = None
+
+
+class Interleave:
+    """The family processor's own ``replace_video_with_audio_token`` -> token ids."""
+
+    def __init__(self, config, ids: dict, merge_size: int):
+        module, name = _PROCESSORS[config.model_type]
+        cls = getattr(importlib.import_module(f"transformers.models.{module}.processing_{module}"), name)
+        self._shell = cls.__new__(cls)  # only the token strings, the merge size and its own methods are read
+        for attr, ch in _SENTINELS.items():
+            object.__setattr__(self._shell, attr, ch)
+        object.__setattr__(self._shell, "video_processor", type("V", (), {"merge_size": merge_size})())
+        self._replace = cls.replace_video_with_audio_token
+        self._ids = {ch: ids[attr] for attr, ch in _SENTINELS.items()}
+        self._kwargs = {"position_id_per_seconds": config.position_id_per_seconds,
+                        "seconds_per_chunk": getattr(config, "seconds_per_chunk", 2)}
+
+    def __call__(self, grid, second_per_grid: float, audio_tokens: int) -> list[int]:
+        text = self._replace(self._shell, {"video_grid_thw": [list(grid)], "video_second_per_grid": [second_per_grid]},
+                             0, {"num_audio_tokens": [audio_tokens]}, 0, **self._kwargs)
+        return [self._ids[ch] for ch in text]
 
 _IDS = ("image_token_id", "video_token_id", "audio_token_id", "vision_start_token_id", "vision_end_token_id",
         "audio_start_token_id", "audio_end_token_id")
@@ -75,8 +113,6 @@ def audio_settings_for(config, **overrides) -> AudioSettings:
 class OmniProcessor(VLProcessor):
     def __init__(self, tok, config, settings: MediaSettings, audio: AudioSettings, chat_template: str = "qwen_vl",
                  use_audio_in_video: bool = False):
-        if use_audio_in_video:
-            raise ValueError("use_audio_in_video is not supported yet (each video's audio track, interleaved)")
         self.tok, self.config, self.settings, self.audio = tok, config, settings, audio
         self.use_audio_in_video = use_audio_in_video
         ids = {k: getattr(config, k, None) for k in _IDS}
@@ -99,6 +135,9 @@ class OmniProcessor(VLProcessor):
         self._stamp_ids = {}
         self.pads = {self.image_id: "image", self.video_id: "video", self.audio_id: "audio"}
         self.audio_tokens = audio_tokens_fn(config)
+        self.interleave = Interleave(config, {"audio_bos_token": self.audio_start_id, "audio_eos_token": self.audio_end_id,
+                                              "video_token": self.video_id, "audio_token": self.audio_id},
+                                     settings.merge_size) if use_audio_in_video else None
 
     @property
     def media_ids(self) -> tuple:
@@ -106,6 +145,14 @@ class OmniProcessor(VLProcessor):
                 self.audio_end_id)
 
     def plan(self, kind: str, path: str):
+        if kind == "video" and self.use_audio_in_video:
+            video = super().plan(kind, path)
+            try:
+                track = self.plan("audio", path)
+            except MediaError as e:
+                raise MediaError("video without a usable audio track" if e.reason == "no audio stream" else e.reason,
+                                 f"{e.detail} (use_audio_in_video)") from None
+            return AVPlan(**{f: getattr(video, f) for f in video.__dataclass_fields__}, audio=track)
         if kind != "audio":
             return super().plan(kind, path)
         plan = plan_audio(path, self.audio)
@@ -118,11 +165,17 @@ class OmniProcessor(VLProcessor):
         return (0, 0, 0) if kind == "audio" else VLProcessor.grid(kind, plan)
 
     def audio_frames(self, planned) -> list[int]:
-        return [plan.frames for kind, _, plan in planned if kind == "audio"]
+        """Feature frames of each clip and each video's audio track, in order of appearance."""
+        return [plan.frames if kind == "audio" else plan.audio.frames for kind, _, plan in planned
+                if kind == "audio" or isinstance(plan, AVPlan)]
+
+    def clips(self, kind: str, plan) -> bool:
+        """Whether a medium brings audio features (a clip, or a video with its track)."""
+        return kind == "audio" or isinstance(plan, AVPlan)
 
     def features(self, path: str, plan) -> np.ndarray:
-        """Log-mel features (mel_bins, frames) of a clip."""
-        return audio_features(path, plan, self.audio, self.extractor)
+        """Log-mel features (mel_bins, frames) of a clip (or of a video's audio track)."""
+        return audio_features(path, plan.audio if isinstance(plan, AVPlan) else plan, self.audio, self.extractor)
 
     def pixels(self, kind: str, path: str, plan) -> np.ndarray:
         if kind == "audio":
@@ -132,6 +185,8 @@ class OmniProcessor(VLProcessor):
     def _expansion(self, kind: str, plan) -> list[int]:
         if kind == "audio":
             return [self.audio_id] * self.audio_tokens(plan.frames)
+        if isinstance(plan, AVPlan):
+            return self.interleave(plan.grid, plan.second_per_grid, self.audio_tokens(plan.audio.frames))
         return super()._expansion(kind, plan)
 
     def save_hf_processor(self, out_dir):

@@ -88,7 +88,7 @@ class OmniRopeIndex:
         object.__setattr__(self._shell, "spatial_merge_size", config.vision_config.spatial_merge_size)
 
     def __call__(self, ids: np.ndarray, image_grids=(), video_grids=(), second_per_grid=(), audio_frames=()) -> np.ndarray:
-        """(3, len(ids)) int64 positions of one sample; grids, seconds per temporal patch and audio
+        """(3, len(ids)) positions of one sample (int64, or float32 where the model makes floats); grids, seconds per temporal patch and audio
         feature frames (audio parts and videos' audio tracks) in order of appearance."""
         ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))[None]
         kwargs = {"attention_mask": torch.ones_like(ids), "use_audio_in_video": self.use_audio_in_video}
@@ -101,7 +101,8 @@ class OmniRopeIndex:
             kwargs["audio_seqlens"] = torch.tensor(list(audio_frames), dtype=torch.long)
         with torch.no_grad():
             pos, _ = self._cls.get_rope_index(self._shell, ids, **kwargs)
-        return pos[:, 0].numpy().astype(np.int64)
+        # Qwen3-Omni's positions are floats (a video's time steps need not be whole): kept as they are
+        return pos[:, 0].numpy()
 
 
 def rope_index(config, use_audio_in_video: bool = False):
