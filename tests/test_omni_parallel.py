@@ -1,6 +1,7 @@
 """Omni thinkers under the runtime's parallel layouts on 2 gloo processes, against one process (fp32,
 2 AdamW steps with clipping): FSDP2 on Qwen2.5-Omni with a rank whose micro-batches hold no audio,
-its never-used audio_bos_eos_token through clipping and a DCP save + load; EP=2 on Qwen3-Omni-MoE.
+its never-used audio_bos_eos_token through clipping and a DCP save + load; EP=2 on Qwen3-Omni-MoE;
+Ulysses SP=2 on Qwen2.5-Omni.
 One launch: see tests/mp/omni_checks.py."""
 import json
 
@@ -13,7 +14,8 @@ import omnifix
 CHECKS = ["tiny-qwen2.5-omni-thinker.rank1_has_no_audio", "tiny-qwen2.5-omni-thinker.fsdp2",
           "tiny-qwen2.5-omni-thinker.never_used_parameter_frozen", "tiny-qwen2.5-omni-thinker.dcp_round_trip",
           "tiny-qwen2.5-omni-thinker.dcp_resume_same_loss",
-          "tiny-qwen3-omni-moe-thinker.experts_split", "tiny-qwen3-omni-moe-thinker.ep2"]
+          "tiny-qwen3-omni-moe-thinker.experts_split", "tiny-qwen3-omni-moe-thinker.ep2",
+          "tiny-qwen2.5-omni-thinker.sp2"]
 
 
 @pytest.fixture(scope="module")

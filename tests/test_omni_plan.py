@@ -96,3 +96,15 @@ def test_verify_proves_expert_parallel_qwen3_omni_moe(tmp_path, data):
     out = _verify(tmp_path, text, 2)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "EP=2" in out.stdout and "OK: vlp" in out.stdout, out.stdout[-2000:]
+
+
+def test_dry_run_counts_the_audio_tower_and_the_never_used_parameter():
+    """The estimate's shards (audio tower included; the never-used parameter without gradient or
+    optimizer state) equal a dry run's real ranks."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "planc", "check", "plans/omni-demo.veo", "--world", "2", "--dry-run",
+                          "--skip-files"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "every rank's shards equal the estimate" in out.stdout and "model.audio_tower.layers" in out.stdout

@@ -4,7 +4,7 @@ Omni thinkers under the runtime's layouts against one process (2 AdamW steps, cl
 the language model's layers, the vision blocks and the audio tower's layers on Qwen2.5-Omni, where
 rank 1's micro-batches hold no audio (only the dummy clip keeps the audio tower's collectives in
 step) and the audio tower's `audio_bos_eos_token` never gets a gradient (it must not break FSDP,
-clipping or a DCP save + load); EP=2 on Qwen3-Omni-MoE.
+clipping or a DCP save + load); EP=2 on Qwen3-Omni-MoE; Ulysses SP=2 on Qwen2.5-Omni.
 
 Rank 0 writes {check: {"ok", "detail", ...}} to OUT.json.
 usage: omni_checks.py OUT.json WORK_DIR DATA_DIR
@@ -30,6 +30,7 @@ from runtime.data.sources import Source, read_records  # noqa: E402
 from runtime.parallel.ep import apply_ep, shard_experts  # noqa: E402
 from runtime.parallel.fsdp import apply_fsdp  # noqa: E402
 from runtime.parallel.mesh_ep import ep_meshes  # noqa: E402
+from runtime.parallel.ulysses_vl import apply_ulysses_vl, slice_labels  # noqa: E402
 
 out_path, work, data_dir = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 info = dist.init("cpu")
@@ -43,25 +44,26 @@ def record(name, ok, detail="", **extra):
     print(f"[rank {info.rank}] {name}: {'ok' if ok else 'FAILED'} {detail}", flush=True)
 
 
-def global_step(name):
+def global_step(name, multiple=1):
     """Four micro-batches: [audio, image + audio], [audio, image + audio], [image, text], [image, text].
     Rank r of 2 takes micro-batches 2r and 2r+1: rank 1 has no audio at all."""
     proc = omnifix.processor(name, data_dir / "tokenizer")
     src = Source("chat", str(data_dir / "chat.jsonl"), kind="sft")
     maker = VLDocMaker(src, proc, 512, BadRecords())
     docs = [maker.make(r)[0] for r in read_records(src)]
-    collate = Collator(proc, rope_index(proc.config), ("image", "audio"))
+    collate = Collator(proc, rope_index(proc.config), ("image", "audio"), multiple)
     rows = [docs[0:2], docs[4:6], docs[2:4], docs[6:8]]
     return [collate([row], 0, proc.tok.pad_token_id) for row in rows]
 
 
-def train(model, micro_batches, group, steps=2):
+def train(model, micro_batches, group, steps=2, sp=None):
     opt = optim.build_optimizer(model, lr=2e-3)
     losses, norms = [], []
     for _ in range(steps):
-        n = loss.count_targets(micro_batches, group)
+        mbs = [slice_labels(mb, *sp) for mb in micro_batches] if sp else micro_batches
+        n = loss.count_targets(mbs, group)
         local = torch.zeros((), dtype=torch.float64)
-        for mb in micro_batches:
+        for mb in mbs:
             s = loss.cross_entropy_sum(model(**model_inputs(mb), use_cache=False).logits, mb["labels"])
             (s / n).backward()
             local += s.detach()
@@ -97,9 +99,11 @@ def compare(check, got, want, tol=2e-6):
     record(check, worst <= tol, f"losses {gl} vs {wl}; grad norms {gn} vs {wn}; worst relative {worst:.2e}")
 
 
-def layout(name, ep=1):
-    mesh = dist.build_mesh(info, dp_shard=info.world)
+def layout(name, ep=1, sp=1):
+    mesh = dist.build_mesh(info, dp_shard=info.world // sp, sp=sp)
     m = models.build_meta(omnifix.CONFIGS[name])
+    if sp > 1:
+        apply_ulysses_vl(m, mesh.sp)
     if ep > 1:
         ep_mesh, ep_fsdp = ep_meshes(mesh.root, ep)
         apply_ep(m, ep_mesh)
@@ -151,6 +155,13 @@ record(f"{name}.experts_split", experts.gate_up_proj.to_local().shape[0] == 4,
        f"local experts {experts.gate_up_proj.to_local().shape[0]}")
 got = train(m, mbs[2 * mesh.dp_rank:2 * mesh.dp_rank + 2], mesh.loss_group)
 compare(f"{name}.ep2", got[:2], reference_run(name, mbs), tol=5e-6)
+
+# 3. Ulysses SP=2 on Qwen2.5-Omni: each sp rank holds half of every row; clips and images whole on both.
+name = "tiny-qwen2.5-omni-thinker"
+mbs = global_step(name, multiple=2)
+m, mesh = layout(name, sp=2)
+got = train(m, mbs, mesh.loss_group, sp=(mesh.sp.get_local_rank(), 2))
+compare(f"{name}.sp2", got[:2], reference_run(name, mbs))
 
 if info.rank == 0:
     out_path.write_text(json.dumps(results, indent=1))
