@@ -65,6 +65,7 @@ def test_tokenizer_without_audio_tokens_is_refused(tmp_path, data):
     checked, _ = check(tmp_path, text)
     msgs = [m for _, m, _ in errors(checked)]
     assert any("no special token for the model config's audio_token_id 9" in m for m in msgs), msgs
+    assert any("model's own tokenizer" in h for _, m, h in errors(checked) if "special token" in m)
 
 
 def _verify(tmp_path, text, steps):

@@ -159,7 +159,8 @@ def _records(ctx) -> None:
     except Exception as e:  # a tokenizer without a template, or one that cannot load
         msg = (str(e).splitlines() or [type(e).__name__])[0]
         ctx.error("vl-chat-template", f"cannot build the processor: {msg}", p.value_span("data.tokenizer"),
-                  "add `chat_template = qwen_vl` to data (a built-in template)")
+                  "use the model's own tokenizer (its special tokens are the config's ids)" if "special token" in msg
+                  else "add `chat_template = qwen_vl` to data (a built-in template)")
         return
     for s in p.sources:
         for problem in check_vl_sources([runtime_source(s)], processor, p["data.max_len"]):
