@@ -206,6 +206,10 @@ def cmd_demo_data(args) -> int:
         from .demo_vl_assets import make_vl_demo_assets
 
         paths = make_vl_demo_assets(args.out or "data/vl_demo")
+    elif args.omni:  # real recordings (CPython's test/audiodata, or espeak-ng speech)
+        from .demo_omni_assets import make_omni_demo_assets
+
+        paths = make_omni_demo_assets(args.out or "data/omni_demo")
     elif args.diffusion:  # the demo's assets plus tokenizer-mask/ (the tokenizer with <|mask|>)
         from .demo_diffusion import make_diffusion_demo
 
@@ -279,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "demo corpus (this Python's own stdlib sources, as jsonl) and train its tokenizer; "
                        "idempotent.")
     c.add_argument("out", nargs="?", help="output directory (default data/demo, or data/vl_demo with --vl)")
+    c.add_argument("--omni", action="store_true", help="the Omni demo's conversations about real recordings "
+                   "(CPython's test/audiodata, else espeak-ng speech) and their tokenizer")
     c.add_argument("--vl", action="store_true", help="the vision-language demo's conversations about real "
                    "photographs (needs the vl-demo extra: scikit-image), a video, and their tokenizer")
     c.add_argument("--diffusion", action="store_true", help="also the block-diffusion demo's tokenizer with a "

@@ -33,6 +33,7 @@ class ModelTree:
     model: object = None  # the meta-device module itself
     language: str = "model"  # the language model's module ("model.language_model" in a VL model)
     vision: str | None = None  # the vision tower's module ("model.visual"), None in a text model
+    never_used: tuple = ()  # parameters the forward never reads, frozen at build (runtime.model.NEVER_USED)
 
     @property
     def model_type(self) -> str:
@@ -123,7 +124,7 @@ def load_config(path: str | Path, trust_remote_code: bool = False):
 def _tree_cached(path: str, attention: str, trust_remote_code: bool = False) -> ModelTree:
     import torch
 
-    from runtime.model import auto_class
+    from runtime.model import auto_class, freeze_never_used
 
     config = load_config(path, trust_remote_code)
     cls = auto_class(config)
@@ -158,7 +159,7 @@ def _tree_cached(path: str, attention: str, trust_remote_code: bool = False) -> 
     visual = getattr(getattr(model, "model", None), "visual", None)
     vision = names.get(id(visual)) if visual is not None else None
     return ModelTree(config, Path(path), modules, types, direct, numel, shape, tied, has_weights, model,
-                     language, vision)
+                     language, vision, tuple(freeze_never_used(model)))
 
 
 def load_tree(path: str | Path, attention: str = "sdpa", trust_remote_code: bool = False) -> ModelTree:

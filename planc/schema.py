@@ -158,6 +158,15 @@ _MEDIA = _keys(
         setting="data.video_max_total_pixels"),
     Key("video_max_seconds", "float", None, "longest video (a longer one is a bad record)", above=0,
         setting="data.video_max_seconds"),
+    # runtime/data/multimodal/audio.py AudioSettings (Omni thinkers; runtime.data.multimodal.processor.AUDIO_KEYS)
+    Key("audio_rate", "int", None, "audio samples per second the clips are resampled to (16000)", min=1000,
+        setting="data.audio_rate"),
+    Key("audio_hop", "int", None, "audio samples per feature frame (160)", min=1, setting="data.audio_hop"),
+    Key("audio_n_fft", "int", None, "audio samples per STFT window (400)", min=2, setting="data.audio_n_fft"),
+    Key("audio_max_seconds", "float", None, "longest clip (a longer one is a bad record; 30)", above=0,
+        setting="data.audio_max_seconds"),
+    Key("use_audio_in_video", "bool", None, "each video's audio track interleaved with its frames (Omni thinkers)",
+        setting="data.use_audio_in_video"),
 )
 
 _SOURCE = _keys(
@@ -184,8 +193,8 @@ DATA = BlockSpec("data", "what to train on", _keys(
     Key("on_bad_record", "enum", "skip", "skip (counted and reported) or fail", choices=BAD_RECORD_POLICIES),
 ), stmts=MappingProxyType({
     "source": StmtSpec("source", "a data source", "label", body=_SOURCE),
-    "media": StmtSpec("media", "vision-language: how images and videos are processed (each key defaults to "
-                      "the model family's own value)", body=_MEDIA, once=True),
+    "media": StmtSpec("media", "vision-language / omni: how images, videos and audio clips are processed (each "
+                      "key defaults to the model family's own value)", body=_MEDIA, once=True),
 }), required=True)
 
 # runtime/lora.py LoraSpec; the script reads them as lora.rank, lora.alpha, lora.dropout

@@ -89,17 +89,38 @@ def build_meta(config_path, *, dtype: str = "fp32", attention: str = "sdpa",
                trust_remote_code: bool = False) -> nn.Module:
     """The causal LM (or VL model) on the meta device (no memory), in `dtype`, with `attention`; a
     model whose directory ships its modeling code only with `trust_remote_code=True` (transformers
-    then registers that class for the config, so `materialize` rebuilds the same one)."""
+    then registers that class for the config, so `materialize` rebuilds the same one). Parameters
+    the forward never reads (NEVER_USED) are frozen."""
     if dtype not in DTYPES:
         raise SystemExit(f"error: model.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     config = load_config(config_path, attention=attention, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         model = auto_class(config).from_config(config, dtype=DTYPES[dtype], attn_implementation=attention,
                                                trust_remote_code=trust_remote_code)
+    freeze_never_used(model)
     if dtype == "fp64" and getattr(model.config, "_experts_implementation", None) == "grouped_mm":
         # torch's grouped GEMM takes fp32, bf16 and fp16 only: fp64 experts run transformers' own loop
         model.set_experts_implementation("eager")
     return model
+
+
+# Parameters a model's forward never reads, by module class: Qwen2.5-Omni's audio tower holds an
+# `audio_bos_eos_token` embedding that its forward does not use, so it never gets a gradient. They are
+# frozen at build time: the optimizer never holds them, so a checkpoint's optimizer state covers
+# every parameter it has (DCP refuses to load one whose state is missing), and FSDP and clipping
+# never see a gradient that exists on no rank. They are still saved, loaded and exported.
+NEVER_USED = {"Qwen2_5OmniAudioEncoder": ("audio_bos_eos_token",)}
+
+
+def freeze_never_used(model: nn.Module) -> list[str]:
+    """Turn off gradients of the NEVER_USED parameters; returns their names."""
+    frozen = []
+    for name, module in model.named_modules():
+        for child in NEVER_USED.get(type(module).__name__, ()):
+            for pname, param in getattr(module, child).named_parameters():
+                param.requires_grad_(False)
+                frozen.append(".".join(x for x in (name, child, pname) if x))
+    return frozen
 
 
 def tied_keys(model: nn.Module) -> list[str]:
@@ -127,8 +148,9 @@ def retie(model: nn.Module) -> None:
 def reset_rotary_buffers(model: nn.Module, device: torch.device) -> None:
     """Recompute the non-persistent buffers that `to_empty` left uninitialised.
 
-    Rotary embeddings (``inv_freq`` and friends) are rebuilt from the module's own config. Any
-    other non-persistent buffer is an error rather than silent garbage.
+    Rotary embeddings (``inv_freq`` and friends) are rebuilt from the module's own config, the Omni
+    audio towers' sinusoid tables by their own method. Any other non-persistent buffer is an error
+    rather than silent garbage.
     """
     unknown = []
     for name, module in model.named_modules():
@@ -142,6 +164,11 @@ def reset_rotary_buffers(model: nn.Module, device: torch.device) -> None:
             for attr in ("attention_scaling",):
                 if hasattr(fresh, attr):
                     setattr(module, attr, getattr(fresh, attr))
+        elif hasattr(module, "compute_default_singular_positional_embedding"):
+            # the Omni audio towers' sinusoid table, computed by the module's own method
+            old = module.positional_embedding
+            module._buffers["positional_embedding"] = module.compute_default_singular_positional_embedding().to(
+                device=device, dtype=old.dtype)
         else:
             unknown += [f"{name}.{b}" for b in sorted(nonpersistent)]
     if unknown:

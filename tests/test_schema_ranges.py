@@ -78,6 +78,20 @@ def _loader(pack="greedy", max_len=8, micro_batch=1, grad_accum=1, tokens=None, 
     assert len(step) == grad_accum
 
 
+def _audio(**kw):
+    """The features of a 1 s tone with these audio settings (the others at their defaults)."""
+    import numpy as np
+
+    from runtime.data.multimodal.audio import AudioSettings, features
+    from runtime.data.multimodal.build import AUDIO_KEYS
+
+    s = AudioSettings(mel_bins=16, **{AUDIO_KEYS[k]: v for k, v in kw.items()})
+    wave = np.sin(np.arange(int(1.0 * s.rate)) / 7.0).astype(np.float32)
+    x = features(wave, s, s.feature_extractor())
+    assert x.shape[0] == 16 and np.isfinite(x).all()
+    return x
+
+
 def _media(**kw):
     """The image and video geometry a processor with these settings computes (the others at the
     family's defaults, ordered as `vl-media` requires)."""
@@ -238,6 +252,8 @@ CONSUMERS = {
     **{f"data.{k}": (lambda k: lambda v: _media(**{k: v}))(k) for k in (
         "min_pixels", "max_pixels", "video_fps", "video_min_frames", "video_max_frames", "video_min_pixels",
         "video_max_pixels", "video_max_total_pixels", "video_max_seconds")},
+    **{f"data.{k}": (lambda k: lambda v: _audio(**{k: v}))(k) for k in (
+        "audio_rate", "audio_hop", "audio_n_fft", "audio_max_seconds")},
     "train.seed": _seed,
     "train.log_every": "metrics",
     "train.block": _diffusion_block,

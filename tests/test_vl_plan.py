@@ -63,9 +63,14 @@ def errors(checked, severity="error"):
 
 def test_media_statement_is_the_runtime_settings():
     """Each `media` key is a MediaSettings field (patch and merge sizes come from the model)."""
+    from runtime.data.multimodal.audio import AudioSettings
+    from runtime.data.multimodal.build import AUDIO_KEYS, OMNI_KEYS
+
+    audio = {f.name for f in dataclasses.fields(AudioSettings)}
+    assert set(AUDIO_KEYS.values()) == audio - {"mel_bins"}  # mel bins come from the audio config
     fields = {f.name for f in dataclasses.fields(MediaSettings)}
-    assert set(MEDIA_KEYS) <= fields
-    assert fields - set(MEDIA_KEYS) == {"patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std"}
+    assert set(MEDIA_KEYS) - set(OMNI_KEYS) <= fields
+    assert fields - (set(MEDIA_KEYS) - set(OMNI_KEYS)) == {"patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std"}
 
 
 @pytest.mark.parametrize("model", sorted(vlfix.CONFIGS))
@@ -109,6 +114,7 @@ VL_CASES = {
     "vl-chat-template": "test_vl_rules_are_located", "vl-source": "test_vl_rules_are_located",
     "vl-records": "test_a_bad_record_is_reported_with_its_source_and_line",
     "vl-settings": "test_a_text_model_refuses_media_settings", "vl-text-only": "test_text_only_paths_are_refused",
+    "vl-audio": "tests/test_omni_plan.py::test_audio_rules_are_located",
 }
 
 

@@ -1,8 +1,10 @@
 """Vision-language rules: a VL model trains on conversations with images and videos through the
 offline processor (runtime/data/multimodal/); the media settings are consistent, and one image at
-the largest size fits a row and a micro-batch's patch budget. A text model refuses VL settings."""
+the largest size fits a row and a micro-batch's patch budget. A text model refuses VL settings; audio
+settings are for Omni thinkers, whose longest clip must fit a row."""
 from __future__ import annotations
 
+from runtime.data.multimodal.build import AUDIO_KEYS, OMNI_KEYS
 from runtime.vocab import VL_CHAT_TEMPLATES
 
 from ..schema import DATA
@@ -16,6 +18,7 @@ RULES = {
     "vl-chat-template": "the processor has a chat template (the tokenizer's, or the built-in qwen_vl)",
     "vl-records": "the first records render as training renders them (media opened, placeholders expanded)",
     "vl-text-only": "`tp sequence` is a text-model path (a VL model merges image features into the whole row)",
+    "vl-audio": "audio settings are for Omni thinkers (an audio tower), and a clip of audio_max_seconds fits max_len",
 }
 
 # data.KEY of the `media { }` statement, as runtime.data.multimodal.media.MediaSettings names them
@@ -58,12 +61,37 @@ def check(ctx) -> None:
                   p.value_span("data.chat_template"), f"use one of {', '.join(VL_CHAT_TEMPLATES)}")
         return
     settings = _settings(ctx)
-    if settings is None:
+    if settings is None or not _audio(ctx):
         return
     _fits(ctx, settings)
     if ctx.skip_files or not ctx.ok or p["data.tokenizer"] is None:
         return
     _records(ctx)
+
+
+def _audio(ctx) -> bool:
+    """Audio settings only on an Omni thinker, and its longest clip's tokens within max_len; False after an error."""
+    from runtime.data.multimodal.omni import audio_settings_for, audio_tokens_fn
+    from runtime.data.multimodal.positions import is_omni
+
+    p = ctx.plan
+    written = {k: v for k, v in media_settings(p).items() if k in OMNI_KEYS}
+    if not is_omni(ctx.tree.config):
+        if written:
+            first = next(iter(written))
+            ctx.error("vl-audio", f"`{first}` is an audio setting, and {ctx.tree.model_type} has no audio tower",
+                      p.span(f"data.{first}"), "drop it, or point `model.config` at an Omni thinker")
+            return False
+        return True
+    a = audio_settings_for(ctx.tree.config, **{AUDIO_KEYS[k]: v for k, v in written.items() if k in AUDIO_KEYS})
+    tokens = audio_tokens_fn(ctx.tree.config)(int(a.max_seconds * a.rate) // a.hop)
+    if p["data.max_len"] is not None and tokens >= p["data.max_len"]:
+        where = "data.audio_max_seconds" if "audio_max_seconds" in written else "data.max_len"
+        ctx.error("vl-audio", f"a clip of audio_max_seconds = {a.max_seconds:g} s is {tokens} audio tokens, and a row "
+                  f"holds max_len = {p['data.max_len']}: such a conversation can never be trained on",
+                  p.span(where), "use a smaller audio_max_seconds, or a larger max_len")
+        return False
+    return True
 
 
 def _settings(ctx):
@@ -72,7 +100,7 @@ def _settings(ctx):
 
     p = ctx.plan
     try:
-        s = settings_for(ctx.tree.config, **media_settings(p))
+        s = settings_for(ctx.tree.config, **{k: v for k, v in media_settings(p).items() if k not in OMNI_KEYS})
     except ValueError as e:
         ctx.error("vl-media", str(e), p.blocks["data"], "see the `media` keys in docs/language.md")
         return None
@@ -131,7 +159,8 @@ def _records(ctx) -> None:
     except Exception as e:  # a tokenizer without a template, or one that cannot load
         msg = (str(e).splitlines() or [type(e).__name__])[0]
         ctx.error("vl-chat-template", f"cannot build the processor: {msg}", p.value_span("data.tokenizer"),
-                  "add `chat_template = qwen_vl` to data (a built-in template)")
+                  "use the model's own tokenizer (its special tokens are the config's ids)" if "special token" in msg
+                  else "add `chat_template = qwen_vl` to data (a built-in template)")
         return
     for s in p.sources:
         for problem in check_vl_sources([runtime_source(s)], processor, p["data.max_len"]):

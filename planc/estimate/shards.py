@@ -134,7 +134,7 @@ def param_layouts(ctx) -> list[ParamLayout]:
                 continue
             pname = q.rpartition(".")[2]
             p = ParamLayout(q, tuple(tree.param_shape[q]), style=styles.get(module),
-                            frozen=bool(adapted) or any(q.startswith(m + ".") for m in frozen))
+                            frozen=bool(adapted) or q in tree.never_used or any(q.startswith(m + ".") for m in frozen))
             dim = _tp_cut(p.style, pname)
             if dim is not None:
                 p.cuts.append((dim, "tp"))

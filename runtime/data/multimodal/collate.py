@@ -9,14 +9,17 @@ A micro-batch is rows of whole samples laid end to end, then padding. Its batch 
   ``use_cache`` is False; with only the 3 mrope rows, samples would attend to each other, silently;
 - ``pixel_values`` (patches, C*T*P*P) and ``image_grid_thw`` (images, 3): every image of the
   micro-batch in sample order (the order of their placeholder tokens in the flattened rows);
-- ``pixel_values_videos`` and ``video_grid_thw``: the same for videos.
+- ``pixel_values_videos`` and ``video_grid_thw``: the same for videos;
+- ``input_features`` (clips, mel bins, frames) and ``feature_attention_mask`` (clips, frames): every
+  sound clip of the micro-batch in sample order (Omni thinkers), zero-padded to the longest clip.
 
 Every micro-batch runs the vision tower for each kind in `needs` (images always; videos too when
 the data has any): a micro-batch without one gets a dummy of the smallest grid (1, merge, merge) of
 zero pixels, whose single placeholder token sits alone as its own sample (its own text positions)
 after the last row's samples, with label -100. Its output enters the forward and, through that
 token, the loss with weight exactly zero, so every rank runs the same FSDP collectives of the vision
-tower (a rank that skipped them would hang the others). The row grows by that token if it has no
+tower (a rank that skipped them would hang the others). Omni thinkers need "audio" too: the dummy
+clip is a few zero feature frames making one audio token, between the audio start/end tokens. The row grows by that token if it has no
 padding left; lengths are rounded up to `multiple` (the sequence-parallel degree).
 """
 from __future__ import annotations
@@ -39,7 +42,12 @@ class Collator:
         self.dummy_grid = (1, s.merge_size, s.merge_size)
 
     def dummy(self, kind: str) -> VLDoc:
-        """The one-token sample of a zero image (or video) of the smallest grid."""
+        """The one-token sample of a zero image (or video) of the smallest grid, or of a zero clip."""
+        if kind == "audio":
+            frames = next(f for f in range(1, 64) if self.proc.audio_tokens(f) == 1)
+            ids = np.asarray([self.proc.audio_start_id, self.proc.audio_id, self.proc.audio_end_id], dtype=np.int64)
+            return VLDoc(ids, np.full(3, IGNORE, dtype=np.int64), [("audio", None, frames)],
+                         self.rope(ids, audio_frames=[frames]))
         token = self.proc.image_id if kind == "image" else self.proc.video_id
         ids = np.full(self.dummy_grid[1] * self.dummy_grid[2] // self.proc.merge, token, dtype=np.int64)
         labels = np.full(len(ids), IGNORE, dtype=np.int64)
@@ -65,9 +73,11 @@ class Collator:
         n = len(rows)
         ids = np.full((n, length), pad, dtype=np.int64)
         labels = np.full((n, length), IGNORE, dtype=np.int64)
-        pos = np.zeros((4, n, length), dtype=np.int64)
+        floats = any(np.issubdtype(doc.pos.dtype, np.floating) for row in rows for doc in row)
+        pos = np.zeros((4, n, length), dtype=np.float32 if floats else np.int64)  # float: Qwen3-Omni videos
         pixels = {"image": [], "video": []}
         grids = {"image": [], "video": []}
+        clips = []
         for r, docs in enumerate(rows):
             at = 0
             for doc in docs:
@@ -76,6 +86,11 @@ class Collator:
                 pos[0, r, at:at + k] = np.arange(k)
                 pos[1:, r, at:at + k] = doc.pos
                 for kind, path, plan in doc.media:
+                    if kind == "audio" or (path is not None and getattr(self.proc, "clips", None)
+                                           and self.proc.clips(kind, plan)):
+                        clips.append(self._features(path, plan))  # a clip, or a video's audio track
+                    if kind == "audio":
+                        continue
                     px, grid = self._pixels(kind, path, plan)
                     pixels[kind].append(px)
                     grids[kind].append(grid)
@@ -88,11 +103,23 @@ class Collator:
             if pixels[kind]:
                 batch[pv] = torch.from_numpy(np.concatenate(pixels[kind]))
                 batch[gk] = torch.tensor(grids[kind], dtype=torch.long)
+        if clips:
+            frames = max(c.shape[1] for c in clips)
+            feats = np.zeros((len(clips), clips[0].shape[0], frames), dtype=np.float32)
+            mask = np.zeros((len(clips), frames), dtype=np.int64)
+            for i, c in enumerate(clips):
+                feats[i, :, :c.shape[1]], mask[i, :c.shape[1]] = c, 1
+            batch["input_features"], batch["feature_attention_mask"] = torch.from_numpy(feats), torch.from_numpy(mask)
         return batch
+
+    def _features(self, path, plan):
+        if path is None:  # the dummy clip: `plan` is its frame count
+            return np.zeros((self.proc.audio.mel_bins, plan), dtype=np.float32)
+        return self.proc.features(path, plan)
 
 
 MODEL_KEYS = ("input_ids", "position_ids", "pixel_values", "image_grid_thw", "pixel_values_videos",
-              "video_grid_thw")
+              "video_grid_thw", "input_features", "feature_attention_mask")
 
 
 def model_inputs(batch: dict) -> dict:

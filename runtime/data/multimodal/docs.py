@@ -18,12 +18,13 @@ import numpy as np
 from ...vocab import TRUNCATIONS
 from ..kinds import IGNORE, DocStore
 from .media import MediaError
-from .positions import RopeIndex
+from .positions import rope_index
 from .records import RecordError, base_dir, conversation
 
 
 class VLDoc(tuple):
-    """(ids, labels) with `.media` [(kind, path, plan)] and `.pos` (3, L) int64."""
+    """(ids, labels) with `.media` [(kind, path, plan)] and `.pos` (3, L) int64 (float32 where the model's
+    positions are floats: Qwen3-Omni videos)."""
 
     def __new__(cls, ids, labels, media, pos):
         doc = super().__new__(cls, (ids, labels))
@@ -41,11 +42,14 @@ class VLDocStore(DocStore):
     def add_vl(self, ids, labels, media, pos, patches: int, record: int) -> None:
         self.add(ids, labels, record)
         self.media.append(media)
-        self.pos.append(np.asarray(pos, dtype=np.int32))
+        pos = np.asarray(pos)  # float positions (Qwen3-Omni videos) stay float32, as the model makes them
+        self.pos.append(pos.astype(np.float32 if np.issubdtype(pos.dtype, np.floating) else np.int32))
         self.n_patches.append(patches)
 
     def doc(self, d: int) -> VLDoc:
-        return VLDoc(self.ids[d], self.labels[d], self.media[d], self.pos[d].astype(np.int64))
+        pos = self.pos[d]
+        return VLDoc(self.ids[d], self.labels[d], self.media[d],
+                     pos if np.issubdtype(pos.dtype, np.floating) else pos.astype(np.int64))
 
     def patches(self) -> np.ndarray:
         return np.asarray(self.n_patches, dtype=np.int64)
@@ -64,7 +68,7 @@ class VLDocMaker:
             raise ValueError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {truncation!r}")
         self.source, self.proc, self.max_len, self.bad = source, processor, max_len, bad
         self.system_prompt, self.truncation, self.patch_budget = system_prompt, truncation, patches
-        self.rope = RopeIndex(processor.config)
+        self.rope = rope_index(processor.config, getattr(processor, 'use_audio_in_video', False))
         self._plans: dict[tuple[str, str], object] = {}  # one probe per file and kind
 
     def _plan(self, kind: str, path: str):
@@ -97,8 +101,12 @@ class VLDocMaker:
         grids = [self.proc.grid(kind, plan) for kind, _, plan in planned]
         patches = int(sum(np.prod(g) for g in grids))
         vision = patches // self.proc.merge
+        audio = self.proc.audio_frames(planned)
         if vision > self.max_len:
             raise RecordError("vision tokens exceed max_len", f"{vision} > {self.max_len}")
+        heard = sum(self.proc.audio_tokens(f) for f in audio)
+        if heard + vision > self.max_len:
+            raise RecordError("audio tokens exceed max_len", f"{heard} audio + {vision} vision > {self.max_len}")
         if self.patch_budget is not None and patches > self.patch_budget:
             raise RecordError("too many vision patches", f"{patches} > the budget of {self.patch_budget}")
         ids, labels = self.proc.encode(messages, planned)
@@ -110,12 +118,11 @@ class VLDocMaker:
         images = [g for (kind, _, _), g in zip(planned, grids) if kind == "image"]
         videos = [(g, plan.second_per_grid) for kind, _, plan in planned if kind == "video"
                   for g in [plan.grid]]
-        pos = self.rope(ids, images, [g for g, _ in videos], [s for _, s in videos])
+        pos = self.rope(ids, images, [g for g, _ in videos], [s for _, s in videos], audio)
         return VLDoc(ids, labels, planned, pos), patches
 
     def _truncate(self, ids, labels):
-        vision = np.flatnonzero(np.isin(ids, (self.proc.image_id, self.proc.video_id,
-                                              self.proc.start_id, self.proc.end_id)))
+        vision = np.flatnonzero(np.isin(ids, self.proc.media_ids))
         if self.truncation != "right" or (len(vision) and vision[-1] >= self.max_len):
             raise RecordError("longer than max_len", f"{len(ids)} > {self.max_len} tokens"
                               + (" (cutting would split a vision input)" if self.truncation == "right" else ""))

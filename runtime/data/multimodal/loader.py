@@ -26,7 +26,7 @@ from ..prefetch import Prefetch
 from ..sources import Source, read_records
 from .collate import Collator
 from .docs import VLDocMaker, build_vl_store
-from .positions import RopeIndex
+from .positions import is_omni, rope_index
 
 
 class VLMapOrder(MapOrder):
@@ -82,8 +82,12 @@ def build_vl_loader(sources: Sequence[Source], processor, max_len: int, pack: st
             f"({bad.total(s.name)} bad records skipped)")
         orders.append(VLMapOrder(store, seed, i, shuffle))
     # Images always, videos when the data has any: every micro-batch runs each of them once.
+    # Omni thinkers: audio always too.
     needs = ("image", "video") if "video" in kinds else ("image",)
-    collate = Collator(processor, RopeIndex(processor.config), needs, pad_to_multiple_of)
+    if is_omni(processor.config):
+        needs += ("audio",)
+    collate = Collator(processor, rope_index(processor.config, getattr(processor, "use_audio_in_video", False)),
+                       needs, pad_to_multiple_of)
     loader = loader_from_orders(orders, [s.weight for s in sources], pack=pack, max_len=max_len,
                                 micro_batch=micro_batch, grad_accum=grad_accum, dp_rank=dp_rank, dp_size=dp_size,
                                 tokens=tokens, warmup_steps=warmup_steps, pad=pad_id(processor.tok),

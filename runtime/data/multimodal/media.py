@@ -78,7 +78,7 @@ def settings_for(config, **overrides) -> MediaSettings:
     vision = config.vision_config
     s = MediaSettings(patch_size=vision.patch_size, temporal_patch_size=vision.temporal_patch_size,
                       merge_size=vision.spatial_merge_size)
-    if config.model_type.startswith("qwen3_vl"):
+    if config.model_type.startswith(("qwen3_vl", "qwen3_omni")):
         s = replace(s, image_mean=HALF, image_std=HALF, min_pixels=256 * 256, max_pixels=4096 * 4096,
                     video_min_pixels=128 * 32 * 32, video_max_pixels=768 * 32 * 32)
     fixed = {"patch_size", "temporal_patch_size", "merge_size"} & {k for k, v in overrides.items()

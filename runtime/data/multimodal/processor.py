@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..kinds import shifted_labels
-from .media import MediaSettings, image_pixels, probe_image
+from .media import MediaError, MediaSettings, image_pixels, probe_image
 from .records import RecordError
 from .template import render, template_for
 from .video import plan_video, video_pixels
@@ -47,10 +47,22 @@ class VLProcessor:
         self.timestamps = config.model_type.startswith("qwen3_vl")  # Qwen3-VL writes frame times
         self.merge = settings.merge_size ** 2
         self._stamp_ids: dict[str, list[int]] = {}
+        self.pads = {self.image_id: "image", self.video_id: "video"}  # placeholder id -> media kind
+
+    @property
+    def media_ids(self) -> tuple:
+        """Token ids that belong to a medium (placeholders and their start/end tokens)."""
+        return (self.image_id, self.video_id, self.start_id, self.end_id)
+
+    def audio_frames(self, planned) -> list[int]:
+        """Feature frames of each audio input of planned media, in order (none without an audio tower)."""
+        return []
 
     # -- media ------------------------------------------------------------------------------
     def plan(self, kind: str, path: str):
         """(1, h, w) grid of an image, a VideoPlan of a video; MediaError if unusable."""
+        if kind == "audio":
+            raise MediaError("audio needs an Omni model", f"{path} ({self.config.model_type} has no audio tower)")
         return probe_image(path, self.settings) if kind == "image" else plan_video(path, self.settings)
 
     @staticmethod
@@ -93,12 +105,12 @@ class VLProcessor:
         mask = np.zeros(len(ids), dtype=bool)
         for s, e in spans:  # a token is the assistant's when its characters overlap a span
             mask |= (off[:, 0] < e) & (off[:, 1] > s) & (off[:, 1] > off[:, 0])
-        pads = np.flatnonzero((ids == self.image_id) | (ids == self.video_id))
-        kinds = ["image" if ids[p] == self.image_id else "video" for p in pads]
+        pads = np.flatnonzero(np.isin(ids, list(self.pads)))
+        kinds = [self.pads[int(ids[p])] for p in pads]
         if kinds != [m[0] for m in media]:
+            counts = " / ".join(f"{kinds.count(k)} {k}" for k in self.pads.values())
             raise RecordError("vision tokens do not match the media",
-                              f"text has {kinds.count('image')} image / {kinds.count('video')} video "
-                              f"placeholders for {len(media)} media (vision tokens typed in the text?)")
+                              f"text has {counts} placeholders for {len(media)} media (media tokens typed in the text?)")
         out_ids, out_mask, at = [], [], 0
         for p, (kind, _, plan) in zip(pads, media):
             out_ids.append(ids[at:p])
@@ -114,16 +126,6 @@ class VLProcessor:
 
     def save_hf_processor(self, out_dir) -> Path:
         return save_hf_processor(out_dir, self.tok, self.config, self.settings, self.template)
-
-
-def build_processor(tokenizer, config, chat_template: str = "qwen_vl", **settings) -> VLProcessor:
-    """The processor of a plan: a tokenizer (a local directory, or one already loaded), the model's
-    config, and media settings (MediaSettings fields; the rest from the config, see settings_for)."""
-    from ..kinds import load_tokenizer
-    from .media import settings_for
-
-    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
-    return VLProcessor(tok, config, settings_for(config, **settings), chat_template)
 
 
 def _image_only(cls):

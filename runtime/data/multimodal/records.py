@@ -4,10 +4,11 @@ Two record layouts are read, told apart by the messages themselves:
 
 - Hugging Face messages: ``{"messages": [{"role": "user", "content": [{"type": "image", "image":
   "cat.jpg"}, {"type": "text", "text": "What is this?"}]}, {"role": "assistant", "content": "..."}]}``
-  (a content may also be a plain string; a media part may name its file under "path").
+  (a content may also be a plain string; a media part may name its file under "path"; ``{"type":
+  "audio", "audio": "clip.wav"}`` is a sound clip, for the Omni thinkers).
 - LLaVA / ShareGPT: ``{"image": "cat.jpg", "conversations": [{"from": "human", "value":
   "<image>\\nWhat is this?"}, {"from": "gpt", "value": "..."}]}`` with ``image``/``images`` and
-  ``video``/``videos`` (a string or a list) and ``<image>`` / ``<video>`` placeholders; media without
+  ``video``/``videos``, ``audio``/``audios`` (a string or a list) and ``<image>`` / ``<video>`` / ``<audio>`` placeholders; media without
   any placeholder go in front of the first user turn, as LLaVA does.
 
 Relative media paths are taken from the directory of the file holding the record. The result is
@@ -21,10 +22,10 @@ import json
 import re
 from pathlib import Path
 
-KINDS = ("image", "video")
+KINDS = ("image", "video", "audio")
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
           "system": "system"}
-_PLACEHOLDER = re.compile(r"<(image|video)>")
+_PLACEHOLDER = re.compile(r"<(image|video|audio)>")
 
 
 class RecordError(ValueError):
