@@ -82,6 +82,7 @@ class _Formatter:
         self.used: set[int] = set()
         self.lines = doc.source.split("\n")
         self.out: list[str] = []
+        self.openers: set[int] = set()  # indices in `out` of the lines that open a block (`head {`)
 
     def trailing(self, line: int, after_col: int) -> str:
         """The comment that ends `line` right after column `after_col` (only blanks between)."""
@@ -149,7 +150,7 @@ class _Formatter:
         col = _comment_columns(items, code)
         for k, it in enumerate(items):
             if it[0] == "blank":
-                if self.out and self.out[-1] != "" and not self.out[-1].rstrip().endswith("{"):
+                if self.out and self.out[-1] != "" and len(self.out) - 1 not in self.openers:
                     self.out.append("")
             elif it[0] == "comment":
                 self.out.append(pad + it[1])
@@ -163,6 +164,7 @@ class _Formatter:
         pad = INDENT * depth
         body = _body_of(e)
         head = entry_head(_without_body(e), *widths)
+        self.openers.add(len(self.out))
         self.out.append(pad + head + " {" + self.trailing(body.span.line, body.span.col + 1))
         self.write(body.entries, depth + 1, body.span.line)
         last = body.entries[-1].span.end_line if body.entries else body.span.line

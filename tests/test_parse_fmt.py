@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from planc.diagnostics import PlanError
@@ -129,6 +129,7 @@ def _plan(draw, depth=0):
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_plan())
+@example("a = 0  # {\n\ndp_shard = 0  ")  # a comment ending in `{` is not a block's opening line
 def test_fmt_property(src):
     try:
         parse(src)
