@@ -24,6 +24,9 @@ hand loop reads that script's settings and gets the same batches from the same l
 LoRA on the attention projections, activation offloading of every block); the hand loop reads
 from the compiled script what it must do the same way (bench/hand_loop.py), and the validation
 losses of the two runs are compared too.
+`--hand-keeps-memory` gives the hand loop runtime.host_memory's malloc settings (the ratio is then
+the framework's own cost); `--glibc-defaults` runs the script without them (both loops then run as
+the runtime did before it: README, "Framework overhead", says what that cost).
 
 Only steady-state steps are timed: tokens/s = target tokens of steps warmup+1 .. warmup+steps /
 the wall time between the ends of steps warmup and warmup+steps (from metrics.jsonl for the
@@ -91,13 +94,18 @@ def compile_variant(plan_text: str, work: Path) -> Path:
 
 # ------------------------------------------------------------------ the generated script, with a CPU clock
 
-def framework_worker(script: Path, result: str, script_args: list[str]) -> None:
+def framework_worker(script: Path, result: str, script_args: list[str], glibc_defaults: bool = False) -> None:
     """Run the generated script unchanged in this process (as `python` would, or under torchrun),
     noting this process's CPU time at each step's log call; rank 0 writes them to `result`.
-    The wall-clock figures come from the script's own metrics.jsonl."""
+    The wall-clock figures come from the script's own metrics.jsonl. `glibc_defaults`: leave
+    malloc as it is (runtime.host_memory's settings off: how the runtime was before them)."""
     import runpy
 
+    import runtime.host_memory
     import runtime.metrics
+
+    if glibc_defaults:
+        runtime.host_memory._done = False  # as if already tried and not applicable
 
     cpu = []
     log = runtime.metrics.Metrics.log
@@ -131,9 +139,10 @@ def launch(script: Path, nproc: int, args, log: Path) -> None:
         raise SystemExit(f"error: {' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
 
 
-def run_framework(script: Path, nproc: int, total: int, work: Path) -> list[dict]:
+def run_framework(script: Path, nproc: int, total: int, work: Path, glibc_defaults: bool = False) -> list[dict]:
     ckpt, cpu = work / "ckpt", work / "cpu.json"
-    launch(Path(__file__), nproc, ["--framework-worker", "--script", script, "--result", cpu, "--",
+    launch(Path(__file__), nproc, ["--framework-worker", "--script", script, "--result", cpu,
+                                   *(["--glibc-defaults"] if glibc_defaults else []), "--",
                                    "--mesh.dp_shard", nproc, "--train.steps", total, "--checkpoint.every", total,
                                    "--checkpoint.export", "none", "--checkpoint.dir", ckpt], work / "framework.log")
     with open(ckpt / "metrics.jsonl") as f:
@@ -195,6 +204,9 @@ def main() -> None:
     ap.add_argument("--hand-keeps-memory", action="store_true",
                     help="give the hand loop the malloc settings runtime.dist.init applies on CPU "
                          "(runtime.host_memory), so the ratio is the framework's own cost")
+    ap.add_argument("--glibc-defaults", action="store_true",
+                    help="run the generated script without runtime.host_memory's malloc settings (as the "
+                         "runtime was before them; with the hand loop's default, both use glibc's defaults)")
     ap.add_argument("--cpus", help="run everything on these cores, e.g. 2,3 (a quiet part of a big machine)")
     ap.add_argument("--hand-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--framework-worker", action="store_true", help=argparse.SUPPRESS)
@@ -207,7 +219,7 @@ def main() -> None:
         sys.path.insert(0, str(REPO))
         if args.hand_worker:
             return hand_worker(args.script, args.total, args.result, args.hand_keeps_memory)
-        return framework_worker(args.script, args.result, args.script_args)
+        return framework_worker(args.script, args.result, args.script_args, args.glibc_defaults)
     if args.warmup < 1 or args.steps < 1:
         raise SystemExit("error: --warmup and --steps must be >= 1")
 
@@ -230,7 +242,8 @@ def main() -> None:
           f"{f' with {args.feature}' if args.feature else ''}: {s['model.config']}, "
           f"global batch {batch}, {args.warmup} warm-up + {args.steps} timed steps per run, OMP_NUM_THREADS=1, "
           f"on {len(os.sched_getaffinity(0))} of {os.cpu_count()} cores; hand loop "
-          f"{'with' if args.hand_keeps_memory else 'without'} runtime.host_memory's malloc settings")
+          f"{'with' if args.hand_keeps_memory else 'without'} runtime.host_memory's malloc settings, script "
+          f"{'without' if args.glibc_defaults else 'with'} them")
     print("ratio = framework / hand: tok/s over the timed window (wall), median of per-step tok/s (wall),\n"
           "tokens per CPU second of rank 0. loss diff: largest relative difference of the per-step losses;\n"
           "gnorm diff: of the first step's gradient norm (later ones drift apart where the loss spikes);\n"
@@ -248,7 +261,7 @@ def main() -> None:
                 for which in (["fw", "hand"] if r % 2 == 0 else ["hand", "fw"]):
                     (work / which).mkdir(parents=True)
                     if which == "fw":
-                        runs[which] = run_framework(script, nproc, total, work / which)
+                        runs[which] = run_framework(script, nproc, total, work / which, args.glibc_defaults)
                     else:
                         runs[which] = run_hand(script, nproc, total, work / which, args.hand_keeps_memory)
                 if [x["tokens"] for x in runs["fw"]] != [x["tokens"] for x in runs["hand"]]:
