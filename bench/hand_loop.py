@@ -9,9 +9,10 @@ target count (one all-reduce), the step's loss all-reduced for its log line. Its
 validation batches) come from the runtime's loaders with the script's settings, precomputed before
 the clock starts, so both runs see the same rows.
 
-It does what the script does, read from the script without executing it (`script_features`):
+It does what the script does, read from the script without executing it (`script_features`; the
+plan's module globs are resolved to names with runtime.parallel.globs, before the clock):
 - LoRA (`lora.LoraSpec(..., targets=[...])` in the script, rank/alpha/dropout from its SETTINGS):
-  peft's `inject_adapter_in_model` on the same modules, the base frozen; the adapters start from
+  peft's `inject_adapter_in_model` on the same nn.Linear modules, the base frozen; the adapters start from
   the values the runtime draws (runtime.lora.adapter_init, set before the clock), so the losses of
   the two runs can be compared.
 - activation offloading (`apply_activation_offload(model, [...])`): a `saved_tensors_hooks` pair

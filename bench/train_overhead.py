@@ -57,8 +57,8 @@ DEMO_PLAN = REPO / "plans" / "demo.veo"
 TARGETS = {1: 0.97, 2: 0.95}
 # --feature NAME: the lines it adds to plans/demo.veo ((old, new) substitutions, each must hit)
 FEATURES = {
-    "validation": [("\ncheckpoint {", '\nvalidation {\n  source "held" { path = "data/demo/stdlib.jsonl"  format = jsonl'
-                                      '  text = "text" }\n  every = 10  batches = 4\n}\n\ncheckpoint {')],
+    "validation": [("\ncheckpoint {", '\nvalidation {\n  source "held" { path = "data/demo/stdlib.jsonl"'
+                                      '  format = jsonl  text = "text" }\n  every = 10  batches = 4\n}\n\ncheckpoint {')],
     "lora": [("  seed      = 0\n", '  seed      = 0\n  lora "model.layers.*.self_attn.{q,k,v,o}_proj"  rank = 16\n')],
     "offload": [('checkpoint "model.layers.*"', 'checkpoint "model.layers.*"\n  offload    "model.layers.*"')],
 }
