@@ -2,26 +2,31 @@
 
     python bench/train_overhead.py [--steps 20] [--warmup 3] [--repeats 3] [--layouts 1,2]
     python bench/train_overhead.py --pack dynamic [--tokens 1024] [--model plans/models/tiny-qwen3]
+    python bench/train_overhead.py --feature validation|lora|offload [--layouts 1]
 
 Both train the demo (its settings are read from generated/demo.py: model config, data, batch,
 AdamW, schedule, clipping, seed) for warmup + steps optimizer steps, on one process and with FSDP2
 on two (torchrun, gloo, OMP_NUM_THREADS=1). The generated script runs as it is, with overrides
-only: its one checkpoint comes after the last step and there is no export. The hand loop is the
-same training written with plain torch and transformers, nothing from `runtime` in its steps: the
-model from `from_config` under the same seed, the plan's activation checkpointing of each layer,
-`fully_shard` per layer and the root on two processes (a plain model on one), AdamW with the same
-two weight-decay groups, the same warmup + cosine schedule, `clip_grad_norm_`, the loss summed
-and divided by the global target count (one all-reduce), the step's loss all-reduced for its log
-line. Its batches are precomputed, before the clock starts, with the same loader and seed, so
-both see the same rows; the losses of the two runs are compared to show it, and the first step's
-gradient norm (a wrong gradient scale would hide from the losses: clipping and AdamW undo it).
-The norms differ by ~2e-5 even so: torch's clip_grad_norm_ sums in fp32, the runtime in float64.
+only: its one checkpoint comes after the last step and there is no export. The hand loop
+(bench/hand_loop.py) is the same training written with plain torch, transformers and peft, nothing
+from `runtime` in its steps. Its batches are precomputed, before the clock starts, with the same
+loader and seed, so both see the same rows; the losses of the two runs are compared to show it,
+and the first step's gradient norm (a wrong gradient scale would hide from the losses: clipping and
+AdamW undo it). The norms differ by ~2e-5 even so: torch's clip_grad_norm_ sums in fp32, the
+runtime in float64.
 
 `--pack dynamic` (and `--model`) trains a variant of the demo plan instead: plans/demo.veo with
 `pack = dynamic { tokens = N }`, micro_batch 1 and global_batch 8 (micro-batches of at most N
 tokens, shape (1, L) with L varying from micro-batch to micro-batch: the demo corpus is real
 variable-length text), compiled by `planc compile` into the temporary folder and run as it is; the
 hand loop reads that script's settings and gets the same batches from the same loader.
+`--feature` adds one loop feature to the demo plan (FEATURES: a validation block every 10 steps,
+LoRA on the attention projections, activation offloading of every block); the hand loop reads
+from the compiled script what it must do the same way (bench/hand_loop.py), and the validation
+losses of the two runs are compared too.
+`--hand-keeps-memory` gives the hand loop runtime.host_memory's malloc settings (the ratio is then
+the framework's own cost); `--glibc-defaults` runs the script without them (both loops then run as
+the runtime did before it: README, "Framework overhead", says what that cost).
 
 Only steady-state steps are timed: tokens/s = target tokens of steps warmup+1 .. warmup+steps /
 the wall time between the ends of steps warmup and warmup+steps (from metrics.jsonl for the
@@ -35,38 +40,35 @@ process, >= 0.95 on two, on the wall clock.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
-import math
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hand_loop import cosine_factor, demo_settings, hand_worker, process_counters  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "generated" / "demo.py"
 DEMO_PLAN = REPO / "plans" / "demo.veo"
 TARGETS = {1: 0.97, 2: 0.95}
+# --feature NAME: the lines it adds to plans/demo.veo ((old, new) substitutions, each must hit)
+FEATURES = {
+    "validation": [("\ncheckpoint {", '\nvalidation {\n  source "held" { path = "data/demo/stdlib.jsonl"'
+                                      '  format = jsonl  text = "text" }\n  every = 10  batches = 4\n}\n\ncheckpoint {')],
+    "lora": [("  seed      = 0\n", '  seed      = 0\n  lora "model.layers.*.self_attn.{q,k,v,o}_proj"  rank = 16\n')],
+    "offload": [('checkpoint "model.layers.*"', 'checkpoint "model.layers.*"\n  offload    "model.layers.*"')],
+}
 
 
-def demo_settings(script: Path = DEMO) -> dict:
-    """The SETTINGS dict of a generated script (generated/demo.py by default), read as a literal
-    (nothing is executed)."""
-    tree = ast.parse(Path(script).read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "SETTINGS":
-            return ast.literal_eval(node.value)
-    raise RuntimeError(f"{script} has no SETTINGS dict")
-
-
-def variant_plan(pack: str, tokens: int, model: str | None) -> str:
+def variant_plan(pack: str, tokens: int, model: str | None, feature: str | None = None) -> str:
     """plans/demo.veo's text with dynamic packing (micro_batch 1, global_batch 8 micro-batches of
-    at most `tokens` tokens) and/or another model config; each substitution must hit."""
+    at most `tokens` tokens), another model config and/or a FEATURES entry; each substitution must hit."""
     text = DEMO_PLAN.read_text()
-    subs = [('plan "demo"', 'plan "overhead"')]
+    subs = [('plan "demo"', 'plan "overhead"'), *FEATURES.get(feature, [])]
     if pack == "dynamic":
         subs += [("pack      = greedy", f"pack      = dynamic {{ tokens = {tokens} }}"),
                  ("global_batch = 16  micro_batch = 4", "global_batch = 8  micro_batch = 1")]
@@ -90,120 +92,20 @@ def compile_variant(plan_text: str, work: Path) -> Path:
     return script
 
 
-# ------------------------------------------------------------------ the hand-written loop
-
-def process_counters() -> dict:
-    """This process's CPU time (user + system), system time and minor page faults so far: page
-    faults show the allocator handing memory back and forth with the kernel, whatever the load."""
-    import resource
-
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return {"cpu": time.process_time(), "sys": ru.ru_stime, "faults": ru.ru_minflt}
-
-
-def cosine_factor(step, steps, warmup, min_lr):
-    """Peak-lr multiplier after `step` completed steps: linear warmup, then cosine to min_lr."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-    return min_lr + (1.0 - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def precomputed_batches(s: dict, steps: int, rank: int, world: int):
-    """This rank's micro-batches of the first `steps` steps, from the loader the script uses."""
-    from runtime.data import Source, build_loader, load_tokenizer
-
-    grad_accum = s["train.global_batch"] // (s["train.micro_batch"] * world)
-    src = Source(name="stdlib", path=s["data.stdlib.path"], format=s["data.stdlib.format"],
-                 text=s["data.stdlib.text"])
-    dynamic = {"tokens": s["data.tokens"], "warmup_steps": s["data.warmup_steps"]} if s["data.pack"] == "dynamic" else {}
-    loader = build_loader([src], load_tokenizer(s["data.tokenizer"]), max_len=s["data.max_len"],
-                          pack=s["data.pack"], micro_batch=s["train.micro_batch"], grad_accum=grad_accum,
-                          dp_rank=rank, dp_size=world, seed=s["train.seed"], shuffle=s["data.shuffle"],
-                          log=lambda m: None, **dynamic)
-    it = iter(loader)
-    return [next(it) for _ in range(steps)]
-
-
-def hand_worker(script: Path, steps: int, result: str, keep_memory: bool = False) -> None:
-    """The minimal loop (run as `python` or under torchrun); rank 0 writes per-step records.
-    `keep_memory`: configure malloc as runtime.dist.init does on CPU (runtime.host_memory)."""
-    import torch
-    import torch.distributed as dist
-    import torch.nn.functional as F
-    from torch.distributed._composable import checkpoint
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from runtime.dist import finish
-
-    if keep_memory:
-        from runtime.host_memory import keep_freed_memory
-        keep_freed_memory()
-    s = demo_settings(script)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1:
-        dist.init_process_group("gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    batches = precomputed_batches(s, steps, rank, world)
-
-    config = AutoConfig.from_pretrained(s["model.config"])
-    config.use_cache = False
-    torch.manual_seed(s["train.seed"])
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=s["model.attention"])
-    for layer in model.model.layers:
-        checkpoint(layer)
-    if world > 1:
-        mesh = init_device_mesh("cpu", (world,))
-        for layer in model.model.layers:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s["train.weight_decay"]},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=s["train.lr"], betas=tuple(s["train.betas"]), eps=s["train.eps"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: cosine_factor(
-        i, steps, s["train.warmup"], s["train.min_lr"]))
-
-    records = []
-    model.train()
-    start = time.perf_counter()
-    for micro_batches in batches:
-        tokens = torch.tensor([sum(int((mb["labels"] != -100).sum()) for mb in micro_batches)])
-        if world > 1:
-            dist.all_reduce(tokens)
-        n = int(tokens[0])
-        loss_sum = torch.zeros(())
-        for mb in micro_batches:
-            logits = model(input_ids=mb["input_ids"], position_ids=mb["position_ids"], use_cache=False).logits
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), mb["labels"].view(-1), reduction="sum")
-            (loss * world / n).backward()  # fully_shard averages gradients over the ranks
-            loss_sum += loss.detach()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s["train.clip"])
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if world > 1:
-            dist.all_reduce(loss_sum)
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-        records.append({"loss": loss_sum.item() / n, "grad_norm": norm.item(), "tokens": n,
-                        "elapsed": time.perf_counter() - start, **process_counters()})
-    if rank == 0:
-        Path(result).write_text(json.dumps(records))
-    finish()  # barrier, then destroy (runtime.dist.finish says why)
-
-
 # ------------------------------------------------------------------ the generated script, with a CPU clock
 
-def framework_worker(script: Path, result: str, script_args: list[str]) -> None:
+def framework_worker(script: Path, result: str, script_args: list[str], glibc_defaults: bool = False) -> None:
     """Run the generated script unchanged in this process (as `python` would, or under torchrun),
     noting this process's CPU time at each step's log call; rank 0 writes them to `result`.
-    The wall-clock figures come from the script's own metrics.jsonl."""
+    The wall-clock figures come from the script's own metrics.jsonl. `glibc_defaults`: leave
+    malloc as it is (runtime.host_memory's settings off: how the runtime was before them)."""
     import runpy
 
+    import runtime.host_memory
     import runtime.metrics
+
+    if glibc_defaults:
+        runtime.host_memory._done = False  # as if already tried and not applicable
 
     cpu = []
     log = runtime.metrics.Metrics.log
@@ -237,9 +139,10 @@ def launch(script: Path, nproc: int, args, log: Path) -> None:
         raise SystemExit(f"error: {' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
 
 
-def run_framework(script: Path, nproc: int, total: int, work: Path) -> list[dict]:
+def run_framework(script: Path, nproc: int, total: int, work: Path, glibc_defaults: bool = False) -> list[dict]:
     ckpt, cpu = work / "ckpt", work / "cpu.json"
-    launch(Path(__file__), nproc, ["--framework-worker", "--script", script, "--result", cpu, "--",
+    launch(Path(__file__), nproc, ["--framework-worker", "--script", script, "--result", cpu,
+                                   *(["--glibc-defaults"] if glibc_defaults else []), "--",
                                    "--mesh.dp_shard", nproc, "--train.steps", total, "--checkpoint.every", total,
                                    "--checkpoint.export", "none", "--checkpoint.dir", ckpt], work / "framework.log")
     with open(ckpt / "metrics.jsonl") as f:
@@ -275,8 +178,16 @@ def per_step(records: list[dict], warmup: int, key: str) -> float:
     return (records[-1][key] - records[warmup - 1][key]) / (len(records) - warmup)
 
 
-def max_rel_diff(a: list[dict], b: list[dict], key: str) -> float:
-    return max(abs(x[key] - y[key]) / abs(y[key]) for x, y in zip(a, b))
+def max_rel_diff(a: list[dict], b: list[dict], key: str) -> float | None:
+    """Largest relative difference of `key` over the records that both runs hold it in (None: none)."""
+    diffs = [abs(x[key] - y[key]) / abs(y[key]) for x, y in zip(a, b) if key in x and key in y]
+    if [key in x for x in a] != [key in y for y in b]:
+        raise SystemExit(f"error: the framework and the hand loop recorded {key} at different steps")
+    return max(diffs, default=None)
+
+
+def diff_cell(value: float | None, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.1e}"
 
 
 def main() -> None:
@@ -289,9 +200,13 @@ def main() -> None:
                     help="plan: generated/demo.py as it is; dynamic: the demo plan with pack = dynamic")
     ap.add_argument("--tokens", type=int, default=1024, help="token budget per micro-batch with --pack dynamic")
     ap.add_argument("--model", help="another model config directory for the demo plan, e.g. plans/models/tiny-qwen3")
+    ap.add_argument("--feature", choices=sorted(FEATURES), help="add one loop feature to the demo plan (see FEATURES)")
     ap.add_argument("--hand-keeps-memory", action="store_true",
                     help="give the hand loop the malloc settings runtime.dist.init applies on CPU "
                          "(runtime.host_memory), so the ratio is the framework's own cost")
+    ap.add_argument("--glibc-defaults", action="store_true",
+                    help="run the generated script without runtime.host_memory's malloc settings (as the "
+                         "runtime was before them; with the hand loop's default, both use glibc's defaults)")
     ap.add_argument("--cpus", help="run everything on these cores, e.g. 2,3 (a quiet part of a big machine)")
     ap.add_argument("--hand-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--framework-worker", action="store_true", help=argparse.SUPPRESS)
@@ -304,13 +219,13 @@ def main() -> None:
         sys.path.insert(0, str(REPO))
         if args.hand_worker:
             return hand_worker(args.script, args.total, args.result, args.hand_keeps_memory)
-        return framework_worker(args.script, args.result, args.script_args)
+        return framework_worker(args.script, args.result, args.script_args, args.glibc_defaults)
     if args.warmup < 1 or args.steps < 1:
         raise SystemExit("error: --warmup and --steps must be >= 1")
 
     if args.cpus:  # inherited by every process launched from here
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
-    s = demo_settings()
+    s = demo_settings(DEMO)
     if not Path(REPO / s["data.stdlib.path"]).is_file():
         sys.path.insert(0, str(REPO))
         from planc.demo_assets import make_demo_assets
@@ -318,20 +233,23 @@ def main() -> None:
     total = args.warmup + args.steps
     tmp_root = tempfile.TemporaryDirectory(prefix="train_overhead_")
     script = DEMO
-    if args.pack != "plan" or args.model:
-        script = compile_variant(variant_plan(args.pack, args.tokens, args.model), Path(tmp_root.name))
+    if args.pack != "plan" or args.model or args.feature:
+        script = compile_variant(variant_plan(args.pack, args.tokens, args.model, args.feature), Path(tmp_root.name))
         s = demo_settings(script)
     batch = (f"{s['train.global_batch']} micro-batches of <= {s['data.tokens']} tokens (pack = dynamic)"
              if s["data.pack"] == "dynamic" else f"{s['train.global_batch']} x {s['data.max_len']} tokens")
-    print(f"{script.relative_to(REPO) if script == DEMO else 'the demo plan, varied'}: {s['model.config']}, "
+    print(f"{script.relative_to(REPO) if script == DEMO else 'the demo plan, varied'}"
+          f"{f' with {args.feature}' if args.feature else ''}: {s['model.config']}, "
           f"global batch {batch}, {args.warmup} warm-up + {args.steps} timed steps per run, OMP_NUM_THREADS=1, "
           f"on {len(os.sched_getaffinity(0))} of {os.cpu_count()} cores; hand loop "
-          f"{'with' if args.hand_keeps_memory else 'without'} runtime.host_memory's malloc settings")
+          f"{'with' if args.hand_keeps_memory else 'without'} runtime.host_memory's malloc settings, script "
+          f"{'without' if args.glibc_defaults else 'with'} them")
     print("ratio = framework / hand: tok/s over the timed window (wall), median of per-step tok/s (wall),\n"
           "tokens per CPU second of rank 0. loss diff: largest relative difference of the per-step losses;\n"
-          "gnorm diff: of the first step's gradient norm (later ones drift apart where the loss spikes)")
+          "gnorm diff: of the first step's gradient norm (later ones drift apart where the loss spikes);\n"
+          "val diff: largest relative difference of the validation losses")
     print(f"{'layout':<12} {'pair':>4} {'framework tok/s':>16} {'hand tok/s':>11} {'ratio':>6} {'step':>6} "
-          f"{'cpu':>6}  {'loss diff':>9} {'gnorm diff':>10}  {'faults/step fw, hand':>20} {'sys ms/step fw, hand':>20}")
+          f"{'cpu':>6}  {'loss diff':>9} {'gnorm diff':>10} {'val diff':>8}  {'faults/step fw, hand':>20} {'sys ms/step fw, hand':>20}")
     summary = []
     with tmp_root as tmp:
         for nproc in [int(x) for x in args.layouts.split(",")]:
@@ -343,7 +261,7 @@ def main() -> None:
                 for which in (["fw", "hand"] if r % 2 == 0 else ["hand", "fw"]):
                     (work / which).mkdir(parents=True)
                     if which == "fw":
-                        runs[which] = run_framework(script, nproc, total, work / which)
+                        runs[which] = run_framework(script, nproc, total, work / which, args.glibc_defaults)
                     else:
                         runs[which] = run_hand(script, nproc, total, work / which, args.hand_keeps_memory)
                 if [x["tokens"] for x in runs["fw"]] != [x["tokens"] for x in runs["hand"]]:
@@ -355,8 +273,9 @@ def main() -> None:
                 step_ratios.append(step_ratio)
                 cpu_ratios.append(fw_cpu / hand_cpu)
                 print(f"{name:<12} {r + 1:>4} {fw:>16,.0f} {hand:>11,.0f} {fw / hand:>6.3f} {step_ratio:>6.3f} "
-                      f"{fw_cpu / hand_cpu:>6.3f}  {max_rel_diff(runs['fw'], runs['hand'], 'loss'):>9.1e} "
-                      f"{max_rel_diff(runs['fw'][:1], runs['hand'][:1], 'grad_norm'):>10.1e}  "
+                      f"{fw_cpu / hand_cpu:>6.3f}  {diff_cell(max_rel_diff(runs['fw'], runs['hand'], 'loss'), 9)} "
+                      f"{diff_cell(max_rel_diff(runs['fw'][:1], runs['hand'][:1], 'grad_norm'), 10)} "
+                      f"{diff_cell(max_rel_diff(runs['fw'], runs['hand'], 'val_loss'), 8)}  "
                       f"{per_step(runs['fw'], args.warmup, 'faults'):>9,.0f}, {per_step(runs['hand'], args.warmup, 'faults'):>8,.0f} "
                       f"{1e3 * per_step(runs['fw'], args.warmup, 'sys'):>9.1f}, {1e3 * per_step(runs['hand'], args.warmup, 'sys'):>8.1f}",
                       flush=True)
