@@ -9,8 +9,8 @@ of its videos' audio tracks, as the audio tower takes them), which the batcher b
 Bad records are counted per source and reason with their ``file:line`` (BadRecords), never
 raised: unreadable records, malformed conversations, missing or undecodable media, more
 placeholders than media, videos over `video_max_seconds`, vision tokens alone over `max_len`,
-documents over the patch or the audio-frame budget, and documents longer than `max_len` that cannot be cut after
-their last vision token (truncation `right`; `left` and `drop` drop them).
+documents over the patch or the audio-frame budget, and documents longer than `max_len` that
+cannot be cut after their last vision token (truncation `right`; `left` and `drop` drop them).
 """
 from __future__ import annotations
 
