@@ -7,7 +7,7 @@ import dataclasses
 import os
 import re
 
-from .checks.vision import media_settings
+from .checks.vision import BUDGET_KEYS, media_settings
 from .commands import launch
 from .ir import Call, Code, Items, ScriptIR, SettingLine, SourceIR, Stmt
 from .layout import DIMS, Layout
@@ -93,8 +93,7 @@ class _Lowering:
         data_keys = ["data.tokenizer", "data.max_len", "data.pack"]
         if p["data.pack"] == "dynamic":
             data_keys += ["data.tokens", "data.warmup_steps"]
-            if vl and p["data.patches"] is not None:
-                data_keys += ["data.patches"]
+            data_keys += [k for k in BUDGET_KEYS if vl and p[k] is not None]
         data_keys += ["data.shuffle"]
         if any(s["streaming"] for s in p.sources):
             data_keys += ["data.shuffle_buffer"]
@@ -244,7 +243,7 @@ _LOADER_KEYS = ("data.tokens", "data.warmup_steps", "data.chat_template", "data.
 
 # vision-language: the processor's and the VL loader's keywords, and the loop's imports
 _MEDIA = tuple(f"data.{k}" for k in DATA.stmts["media"].body)
-_VL_LOADER_KEYS = ("data.tokens", "data.patches", "data.warmup_steps", "data.system_prompt", "data.truncation")
+_VL_LOADER_KEYS = ("data.tokens", *BUDGET_KEYS, "data.warmup_steps", "data.system_prompt", "data.truncation")
 _VL_IMPORTS = (("runtime.data.multimodal", "build_processor"), ("runtime.data.multimodal", "build_vl_loader"),
                ("runtime.data.multimodal", "model_inputs"))
 _VL_SP = ("runtime.parallel.ulysses_vl", "slice_labels")

@@ -94,6 +94,8 @@ _DYNAMIC = _keys(
     Key("warmup_steps", "int", 0, "steps over which the budget grows to `tokens`", min=0),
     Key("patches", "int", None, "vision-language: vision patches one micro-batch may hold (default: no limit; "
         "at least one merged 2x2 group, the smallest image)", min=4),
+    Key("audio_frames", "int", None, "Omni thinkers: audio feature frames one micro-batch may hold (default: no "
+        "limit; audio_rate / audio_hop frames per second of clip)", min=1),
 )
 
 MODEL = BlockSpec("model", "the model: an HF config (and optionally weights)", _keys(

@@ -15,6 +15,7 @@ from runtime.data.kinds import DocStore
 from runtime.data.labels import shifted_labels
 from runtime.data.loader import loader_from_orders
 from runtime.data.mixture import MapOrder
+from runtime.data.packing import fit_bins, fit_bins_nd
 from runtime.vocab import PACKS
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -150,3 +151,72 @@ def test_mixture_shares_converge_to_weights(weights, seed, pack, data):
     # delivered = drawn - what still waits in the look-ahead window
     assert np.all(np.abs(delivered - shares * delivered.sum()) <= bound + window)
     assert np.all(np.abs(delivered / delivered.sum() - shares) <= (bound + window) / delivered.sum())
+
+
+# -- more budgets per bin (vision patches, audio frames): fit_bins_nd and the planner -------------
+@st.composite
+def fit_problems(draw):
+    """Items that each fit an empty bin: lengths, cost vectors, n_bins, capacity, budgets."""
+    n_budgets = draw(st.integers(0, 3))
+    capacity = draw(st.integers(1, 40))
+    budgets = draw(st.lists(st.integers(0, 30), min_size=n_budgets, max_size=n_budgets))
+    n = draw(st.integers(0, 40))
+    lengths = draw(st.lists(st.integers(1, capacity), min_size=n, max_size=n))
+    costs = [[draw(st.integers(0, b)) for b in budgets] for _ in range(n)]
+    return lengths, costs, draw(st.integers(1, 5)), capacity, budgets
+
+
+@FAST
+@given(problem=fit_problems(), worst=st.booleans())
+def test_fit_bins_nd_respects_every_budget_and_loses_nothing(problem, worst):
+    lengths, costs, n_bins, capacity, budgets = problem
+    bins, left = fit_bins_nd(lengths, costs, n_bins, capacity, budgets, worst=worst)
+    assert len(bins) == n_bins
+    assert sorted([p for b in bins for p in b] + left) == list(range(len(lengths)))  # each item once
+    used = [(sum(lengths[p] for p in b), [sum(costs[p][j] for p in b) for j in range(len(budgets))]) for b in bins]
+    for tokens, spent in used:
+        assert tokens <= capacity and all(x <= b for x, b in zip(spent, budgets))
+    for p in left:  # left only if no bin could take it (bins only fill up, so: not even at the end)
+        assert all(tokens + lengths[p] > capacity or any(x + c > b for x, c, b in zip(spent, costs[p], budgets))
+                   for tokens, spent in used)
+
+
+@FAST
+@given(problem=fit_problems(), worst=st.booleans())
+def test_a_budget_that_never_binds_places_as_fit_bins(problem, worst):
+    """Best / worst fit as before: with budgets no bin can reach, the bins are fit_bins' own."""
+    lengths, costs, n_bins, capacity, budgets = problem
+    roomy = [sum(c[j] for c in costs) for j in range(len(budgets))]
+    assert fit_bins_nd(lengths, costs, n_bins, capacity, roomy, worst=worst) == \
+        fit_bins(lengths, n_bins, capacity, worst=worst)
+
+
+class WithCosts(MapOrder):
+    """Documents with a cost vector each (as runtime.data.multimodal.loader.VLMapOrder's)."""
+
+    def __init__(self, store, seed, source_index, costs):
+        super().__init__(store, seed, source_index)
+        self._c = costs
+
+    def costs(self, d):
+        return self._c[d]
+
+
+@FAST
+@given(data=st.data(), pack=packs, seed=st.integers(0, 2**16), grad_accum=st.integers(1, 3))
+def test_planned_bins_respect_every_budget_and_deliver_every_target_once(data, pack, seed, grad_accum):
+    max_len = 32
+    lengths = data.draw(st.lists(st.integers(2, max_len), min_size=1, max_size=30))
+    budgets = tuple(data.draw(st.lists(st.one_of(st.none(), st.integers(3, 12)), min_size=2, max_size=2)))
+    costs = [tuple(data.draw(st.integers(0, 3)) for _ in budgets) for _ in lengths]
+    store = store_of(lengths)
+    batching = dict(micro_batch=1, tokens=2 * max_len) if pack == "dynamic" else dict(micro_batch=2)
+    ld = loader_from_orders([WithCosts(store, seed, 0, costs)], [1.0], pack=pack, max_len=max_len,
+                            grad_accum=grad_accum, budgets=budgets, **batching)
+    planner, seen = ld.sampler.planner, Counter()
+    while planner.epoch == 0:
+        for b in planner.next_step():
+            for j, budget in enumerate(budgets):
+                assert budget is None or sum(costs[d][j] for _, d in b) <= budget
+            seen.update(d for _, d in b)
+    assert seen == Counter(range(len(lengths)))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from runtime.data.bad_records import BadRecords
+from runtime.data.multimodal import build_vl_loader
 from runtime.data.multimodal.audio import AudioSettings, decode, plan_audio
 from runtime.data.multimodal.docs import VLDocMaker
 from runtime.data.multimodal.records import conversation
@@ -88,3 +89,32 @@ def test_settings_from_the_model():
     with pytest.raises(ValueError, match="mel_bins"):
         audio_settings_for(config, mel_bins=128)
     assert AudioSettings().mel_bins == 128
+
+
+def test_micro_batches_respect_the_audio_frame_budget(data):
+    """Dynamic batching on Omni data: with `audio_frames`, every micro-batch holds at most that many
+    feature frames of real clips (a micro-batch without audio gets a zero dummy clip, not counted)
+    and every sample once per epoch; without it, the same data packs more frames into a micro-batch.
+    A record whose clips alone exceed the budget is a bad record at its line."""
+    proc = omnifix.processor("tiny-qwen2.5-omni-thinker", data["tokenizer"])
+    src = Source("chat", str(data["chat"]), kind="sft")
+
+    def epoch(**budget):
+        ld = build_vl_loader([src], proc, max_len=512, pack="dynamic", tokens=2048, seed=0, prefetch=0,
+                             log=lambda m: None, **budget)
+        frames, targets, it = [], 0, iter(ld)
+        while ld.epoch == 0:
+            for mb in next(it):
+                real = mb["input_features"].abs().sum((1, 2)) > 0
+                frames.append(int(mb["feature_attention_mask"][real].sum()))
+                targets += int((mb["labels"] != -100).sum())
+        assert targets == ld.sampler.orders[0].store.targets()
+        return frames, ld.bad_records.records
+
+    free, _ = epoch()
+    assert max(free) > 120, free
+    within, bad = epoch(audio_frames=120)
+    assert max(within) <= 120 and sum(within) == sum(free) and not bad, (within, bad)
+    _, bad = epoch(audio_frames=60)  # records 2 and 6 hold a 0.9 s clip: 90 frames
+    assert [(where.rsplit("/", 1)[-1], reason) for where, reason, _ in bad] == \
+        [("chat.jsonl:2", "too many audio frames"), ("chat.jsonl:6", "too many audio frames")], bad

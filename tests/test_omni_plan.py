@@ -41,6 +41,14 @@ def test_an_omni_plan_checks_and_compiles(tmp_path, data):
     assert not errors(checked, "warning"), errors(checked, "warning")
     script = render_script(lower(checked, "generated/op.py"))
     assert "build_processor(" in script and "audio_max_seconds=cfg.data.audio_max_seconds" in script
+    assert "audio_frames" not in script  # no budget written, none lowered
+
+
+def test_the_audio_frame_budget_reaches_the_loader(tmp_path, data):
+    checked, _ = check(tmp_path, omni_plan(data, pack="dynamic { tokens = 512  patches = 256  audio_frames = 400 }"))
+    assert not errors(checked) and not errors(checked, "warning"), errors(checked) + errors(checked, "warning")
+    script = render_script(lower(checked, "generated/op.py"))
+    assert "audio_frames=cfg.data.audio_frames" in script.split("build_vl_loader(", 1)[1], script
 
 
 @pytest.mark.parametrize("edit,rule,words,at", [
@@ -48,6 +56,10 @@ def test_an_omni_plan_checks_and_compiles(tmp_path, data):
      "audio_rate"),
     ({"media": "media { audio_max_seconds = 30.0 }"}, "vl-audio", "audio tokens, and a row holds max_len = 256",
      "audio_max_seconds"),
+    ({"model": "tiny-qwen2.5-vl", "media": None, "pack": "dynamic { tokens = 512  audio_frames = 400 }"}, "vl-audio",
+     "has no audio tower", "audio_frames"),
+    ({"pack": "dynamic { tokens = 512  audio_frames = 100 }"}, "vl-audio", "over the audio-frame budget (100)",
+     "audio_frames"),
 ])
 def test_audio_rules_are_located(tmp_path, data, edit, rule, words, at):
     checked, path = check(tmp_path, omni_plan(data, **edit))

@@ -53,17 +53,18 @@ def _schedule(**kw):
 
 
 def _loader(pack="greedy", max_len=8, micro_batch=1, grad_accum=1, tokens=None, warmup_steps=0, weights=(1.0,),
-            patches=None):
+            patches=None, audio_frames=None):
     """One step of the runtime's loader over small synthetic documents (cut at max_len, as
-    runtime.data.kinds cuts real ones); with `patches`, every other document holds one image of
-    one merged 2x2 patch group (the least a VL image can be)."""
+    runtime.data.kinds cuts real ones); with `patches` / `audio_frames` (the VL loader's budgets, in
+    runtime.data.multimodal.docs.MEDIA_COSTS order), every other document holds one image of one
+    merged 2x2 patch group (the least a VL image can be) and every third one of one audio frame."""
     from runtime.data.kinds import DocStore, shifted_labels
     from runtime.data.loader import loader_from_orders
     from runtime.data.mixture import MapOrder
 
-    class WithImages(MapOrder):
-        def patches(self, d):
-            return 4 * (d % 2)
+    class WithMedia(MapOrder):
+        def costs(self, d):
+            return 4 * (d % 2), int(d % 3 == 0)
 
     orders = []
     for i, _ in enumerate(weights):
@@ -71,9 +72,10 @@ def _loader(pack="greedy", max_len=8, micro_batch=1, grad_accum=1, tokens=None, 
         for d in range(40):
             ids = np.arange(min(max_len, 3 + d % 5), dtype=np.int32) + 1  # documents are cut at max_len
             store.add(ids, shifted_labels(ids), d)
-        orders.append((MapOrder if patches is None else WithImages)(store, 0, i))
+        orders.append((MapOrder if patches is None and audio_frames is None else WithMedia)(store, 0, i))
     loader = loader_from_orders(orders, list(weights), pack=pack, max_len=max_len, micro_batch=micro_batch,
-                                grad_accum=grad_accum, tokens=tokens, warmup_steps=warmup_steps, patches=patches)
+                                grad_accum=grad_accum, tokens=tokens, warmup_steps=warmup_steps,
+                                budgets=(patches, audio_frames))
     step = next(iter(loader))
     assert len(step) == grad_accum
 
@@ -249,6 +251,7 @@ CONSUMERS = {
     "train.lora.alpha": lambda v: _lora(alpha=v),
     "train.lora.dropout": lambda v: _lora(dropout=v),
     "data.patches": lambda v: _loader(max_len=8, micro_batch=2, patches=v),
+    "data.audio_frames": lambda v: _loader(max_len=8, micro_batch=2, audio_frames=v),
     **{f"data.{k}": (lambda k: lambda v: _media(**{k: v}))(k) for k in (
         "min_pixels", "max_pixels", "video_fps", "video_min_frames", "video_max_frames", "video_min_pixels",
         "video_max_pixels", "video_max_total_pixels", "video_max_seconds")},

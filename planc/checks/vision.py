@@ -1,28 +1,32 @@
 """Vision-language rules: a VL model trains on conversations with images and videos through the
 offline processor (runtime/data/multimodal/); the media settings are consistent, and one image at
 the largest size fits a row and a micro-batch's patch budget. A text model refuses VL settings; audio
-settings are for Omni thinkers, whose longest clip must fit a row."""
+settings (and an audio-frame budget) are for Omni thinkers, whose longest clip must fit a row."""
 from __future__ import annotations
 
 from runtime.data.multimodal.build import AUDIO_KEYS, OMNI_KEYS
+from runtime.data.multimodal.docs import MEDIA_COSTS
 from runtime.vocab import VL_CHAT_TEMPLATES
 
 from ..schema import DATA
 from .data import is_vl, runtime_source
 
 RULES = {
-    "vl-settings": "media settings and a patch budget are for vision-language models only",
+    "vl-settings": "media settings and media budgets (patches, audio frames) are for vision-language models only",
     "vl-source": "a vision-language model trains on map-style sft sources (conversations with media)",
     "vl-media": "media ranges are ordered (min <= max for pixels and frames)",
     "vl-fits": "one image at max_pixels fits max_len tokens and the micro-batch's patch budget",
     "vl-chat-template": "the processor has a chat template (the tokenizer's, or the built-in qwen_vl)",
     "vl-records": "the first records render as training renders them (media opened, placeholders expanded)",
     "vl-text-only": "`tp sequence` is a text-model path (a VL model merges image features into the whole row)",
-    "vl-audio": "audio settings are for Omni thinkers (an audio tower), and a clip of audio_max_seconds fits max_len",
+    "vl-audio": "audio settings and an audio-frame budget are for Omni thinkers (an audio tower), and a clip of "
+                "audio_max_seconds fits max_len",
 }
 
 # data.KEY of the `media { }` statement, as runtime.data.multimodal.media.MediaSettings names them
 MEDIA_KEYS = tuple(DATA.stmts["media"].body)
+# the `pack = dynamic { }` budgets of a document's media costs (runtime.data.multimodal.docs.MEDIA_COSTS)
+BUDGET_KEYS = tuple(f"data.{k}" for k in MEDIA_COSTS)
 _ORDERED = (("min_pixels", "max_pixels"), ("video_min_pixels", "video_max_pixels"),
             ("video_min_frames", "video_max_frames"))
 
@@ -37,7 +41,7 @@ def check(ctx) -> None:
     p = ctx.plan
     if "data" not in p.blocks or ctx.tree is None:
         return
-    written = [k for k in (*(f"data.{m}" for m in MEDIA_KEYS), "data.patches")
+    written = [k for k in (*(f"data.{m}" for m in MEDIA_KEYS), *BUDGET_KEYS)
                if p.settings.get(k) is not None and p.settings[k].written]
     if not is_vl(ctx):
         if written:
@@ -76,6 +80,8 @@ def _audio(ctx) -> bool:
 
     p = ctx.plan
     written = {k: v for k, v in media_settings(p).items() if k in OMNI_KEYS}
+    if p.settings.get("data.audio_frames") is not None and p["data.audio_frames"] is not None:
+        written["audio_frames"] = p["data.audio_frames"]
     if not is_omni(ctx.tree.config):
         if written:
             first = next(iter(written))
@@ -91,6 +97,11 @@ def _audio(ctx) -> bool:
                   f"holds max_len = {p['data.max_len']}: such a conversation can never be trained on",
                   p.span(where), "use a smaller audio_max_seconds, or a larger max_len")
         return False
+    frames = int(a.max_seconds * a.rate) // a.hop
+    if written.get("audio_frames", frames) < frames:
+        ctx.warn("vl-audio", f"a clip of audio_max_seconds = {a.max_seconds:g} s is {frames} audio frames, over the "
+                 f"audio-frame budget ({written['audio_frames']}): such clips are skipped as bad records",
+                 p.span("data.audio_frames"), f"use audio_frames >= {frames}, or a smaller audio_max_seconds")
     return True
 
 

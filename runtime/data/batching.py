@@ -8,7 +8,8 @@ data-parallel ranks always run the same number of micro-batches (collectives nev
 - `dynamic`: bins of a token budget (`tokens`, optionally ramped up from `max_len` over
   `warmup_steps`), each one micro-batch of shape (1, <= budget).
 
-With `patches` (vision-language data), every bin also holds at most that many vision patches.
+With `budgets` (vision-language data: vision patches, audio frames), every bin also holds at most
+that much of each of its documents' costs (`streams[...].costs(doc)`, one per budget; None: no limit).
 
 Documents are drawn into a look-ahead window (`lookahead` x the step's capacity in tokens) and
 placed longest-first into the fullest bin with room; what fits nowhere waits for the next step
@@ -19,13 +20,15 @@ is delivered exactly once.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 from ..vocab import PACKS
-from .packing import fit_bins, fit_bins_2d
+from .packing import fit_bins, fit_bins_nd
 
 
 class StepPlanner:
     def __init__(self, mixture, pack: str, n_bins: int, max_len: int, tokens: int | None = None,
-                 warmup_steps: int = 0, lookahead: float = 4.0, patches: int | None = None):
+                 warmup_steps: int = 0, lookahead: float = 4.0, budgets: Sequence[int | None] = ()):
         if pack not in PACKS:
             raise ValueError(f"pack must be one of {PACKS}, got {pack!r}")
         if n_bins < 1:
@@ -35,8 +38,10 @@ class StepPlanner:
                 raise ValueError(f"dynamic batching needs a token budget >= max_len ({max_len}), got {tokens}")
         self.mixture, self.pack, self.n_bins, self.max_len = mixture, pack, n_bins, max_len
         self.tokens, self.warmup_steps, self.lookahead = tokens, warmup_steps, lookahead
-        # A second budget per bin (vision patches): each stream then has `patches(doc)`.
-        self.patches = patches
+        # More budgets per bin (vision patches, audio frames): each stream then has `costs(doc)`,
+        # one cost per budget; the budgets that limit anything are the ones fitted.
+        self.budgets = tuple(budgets)
+        self.limited = [j for j, b in enumerate(self.budgets) if b is not None]
         self.step = 0           # steps planned so far
         self.epoch = 0          # epochs completed (exact_epochs only)
         self.draining = False   # the current epoch's documents are all in the window
@@ -88,12 +93,12 @@ class StepPlanner:
             order = sorted(range(len(self.window)),
                            key=lambda k: (self.window[k][3] < 2, -self.window[k][2], k))
             lengths = [self.window[k][2] for k in order]
-            if self.patches is None:
+            if not self.limited:
                 placed, left = fit_bins(lengths, self.n_bins, capacity, worst=self.pack == "dynamic")
             else:
-                costs = [self.mixture.streams[self.window[k][0]].patches(self.window[k][1]) for k in order]
-                placed, left = fit_bins_2d(lengths, costs, self.n_bins, capacity, self.patches,
-                                           worst=self.pack == "dynamic")
+                costs = [self._costs(*self.window[k][:2]) for k in order]
+                placed, left = fit_bins_nd(lengths, costs, self.n_bins, capacity,
+                                           [self.budgets[j] for j in self.limited], worst=self.pack == "dynamic")
             bins = [[(self.window[order[p]][0], self.window[order[p]][1]) for p in b] for b in placed]
             kept = sorted(order[p] for p in left)
             self.window = [[*self.window[k][:3], self.window[k][3] + 1] for k in kept]
@@ -103,6 +108,12 @@ class StepPlanner:
         if self.draining and not self.window:
             self._end_epoch()  # this step delivered the epoch's last documents
         return bins
+
+    def _costs(self, source: int, doc: int) -> list[int]:
+        costs = self.mixture.streams[source].costs(doc)
+        if len(costs) != len(self.budgets):
+            raise ValueError(f"a document has {len(costs)} costs for {len(self.budgets)} budgets")
+        return [int(costs[j]) for j in self.limited]
 
     def state_dict(self) -> dict:
         return {"step": self.step, "epoch": self.epoch, "draining": self.draining,

@@ -310,16 +310,17 @@ def check_batching(pack, max_len, micro_batch, tokens, warmup_steps) -> None:
 def loader_from_orders(orders, weights, *, pack, max_len, micro_batch, grad_accum, dp_rank=0, dp_size=1,
                        tokens=None, warmup_steps=0, pad=0, pad_to_multiple_of=1, lookahead=4.0,
                        global_mode=True, bad=None, log=None, names=None, collate=collate_rows,
-                       patches=None) -> StepLoader:
+                       budgets=()) -> StepLoader:
     """The loader over ready document streams (MapOrder / StreamOrder); build_loader's second half.
-    `collate(rows, length, pad)` makes a micro-batch; `patches`: a vision-patch budget per bin."""
+    `collate(rows, length, pad)` makes a micro-batch; `budgets`: per-bin limits on the documents'
+    costs (each stream's `costs(doc)`, one per budget: vision patches, audio frames; None: no limit)."""
     check_batching(pack, max_len, micro_batch, tokens, warmup_steps)
     log = log or (lambda msg: None)
     mixture = Mixture(orders, weights, exact_epochs=len(orders) == 1)
     rows = micro_batch if pack != "dynamic" else 1
     n_bins = rows * grad_accum * (dp_size if global_mode else 1)
     planner = StepPlanner(mixture, pack, n_bins, max_len, tokens=tokens, warmup_steps=warmup_steps,
-                          lookahead=lookahead, patches=patches)
+                          lookahead=lookahead, budgets=budgets)
     fixed = round_up(max_len, pad_to_multiple_of)
 
     def row_length(n_tokens: int) -> int:

@@ -40,25 +40,30 @@ def fit_bins(lengths: Sequence[int], n_bins: int, capacity: int, worst: bool = F
     return bins, left
 
 
-def fit_bins_2d(lengths: Sequence[int], costs: Sequence[int], n_bins: int, capacity: int, cost_capacity: int,
-                worst: bool = False) -> tuple[list[list[int]], list[int]]:
-    """`fit_bins` with a second budget: each item also has a cost (vision patches, say) and a bin
-    holds at most `cost_capacity` of it. An item goes to the bin with the least token room left
-    that has room for both (with `worst`, the most); ties go to the lower bin as in `fit_bins`."""
-    room, budget = [capacity] * n_bins, [cost_capacity] * n_bins
+def fit_bins_nd(lengths: Sequence[int], costs: Sequence[Sequence[int]], n_bins: int, capacity: int,
+                budgets: Sequence[int], worst: bool = False) -> tuple[list[list[int]], list[int]]:
+    """`fit_bins` with more budgets per bin: item i also costs `costs[i][j]` of budget j (vision
+    patches, audio frames...) and a bin holds at most `budgets[j]` of it. An item goes to the bin
+    with the least token room left that has room for all (with `worst`, the most); ties go to the
+    lower bin (with `worst`, the higher), as in `fit_bins`."""
+    room = [capacity] * n_bins
+    spare = [list(budgets) for _ in range(n_bins)]
     bins: list[list[int]] = [[] for _ in range(n_bins)]
     left: list[int] = []
     for pos, (n, c) in enumerate(zip(lengths, costs)):
-        if n > capacity or c > cost_capacity:
-            raise ValueError(f"item of {n} tokens / {c} cost exceeds the bin capacity {capacity} / {cost_capacity}")
-        fits = [b for b in range(n_bins) if room[b] >= n and budget[b] >= c]
+        if len(c) != len(budgets):
+            raise ValueError(f"item {pos} has {len(c)} costs for {len(budgets)} budgets")
+        if n > capacity or any(x > b for x, b in zip(c, budgets)):
+            raise ValueError(f"item of {n} tokens / costs {tuple(c)} exceeds the bin capacity {capacity} / "
+                             f"budgets {tuple(budgets)}")
+        fits = [b for b in range(n_bins) if room[b] >= n and all(x <= r for x, r in zip(c, spare[b]))]
         if not fits:
             left.append(pos)
             continue
         b = max(fits, key=lambda b: (room[b], b)) if worst else min(fits, key=lambda b: (room[b], b))
         bins[b].append(pos)
         room[b] -= n
-        budget[b] -= c
+        spare[b] = [r - x for r, x in zip(spare[b], c)]
     return bins, left
 
 

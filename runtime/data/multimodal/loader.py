@@ -1,5 +1,5 @@
 """The vision-language data loader: the text loader's planning, resume and batch guarantees, with
-whole multimodal samples, a vision-patch budget and the collation of collate.py.
+whole multimodal samples, budgets of vision patches and audio frames, and the collation of collate.py.
 
     proc = VLProcessor(tok, config, settings_for(config, max_pixels=...))
     loader = build_vl_loader(sources, proc, max_len=1024, pack="dynamic", tokens=4096, patches=8192,
@@ -25,34 +25,36 @@ from ..mixture import MapOrder
 from ..prefetch import Prefetch
 from ..sources import Source, read_records
 from .collate import Collator
-from .docs import VLDocMaker, build_vl_store
+from .docs import MEDIA_COSTS, VLDocMaker, build_vl_store
 from .positions import is_omni, rope_index
 
 
 class VLMapOrder(MapOrder):
-    """MapOrder over a VLDocStore: documents are VLDocs, and each has a vision-patch count."""
+    """MapOrder over a VLDocStore: documents are VLDocs, and each has its MEDIA_COSTS (the batcher's budgets)."""
 
     def __init__(self, store, seed: int, source_index: int, shuffle: bool = True):
         super().__init__(store, seed, source_index, shuffle)
-        self._patches = store.patches()
+        self._costs = store.costs()
 
     def doc(self, d: int):
         return self.store.doc(d)
 
-    def patches(self, d: int) -> int:
-        return int(self._patches[d])
+    def costs(self, d: int) -> tuple[int, ...]:
+        return tuple(int(c) for c in self._costs[d])
 
 
 def build_vl_loader(sources: Sequence[Source], processor, max_len: int, pack: str = "greedy",
                     micro_batch: int = 1, grad_accum: int = 1, dp_rank: int = 0, dp_size: int = 1,
                     seed: int = 0, shuffle: bool = True, tokens: int | None = None, patches: int | None = None,
+                    audio_frames: int | None = None,
                     warmup_steps: int = 0, on_bad_record: str = "skip", system_prompt: str | None = None,
                     truncation: str = "right", pad_to_multiple_of: int = 1, lookahead: float = 4.0,
                     prefetch: int = 1, log: Callable[[str], None] | None = None) -> StepLoader | Prefetch:
     """A StepLoader over vision-language `sources` (see the module docstring).
 
-    tokens / patches: per-bin budgets (tokens: pack = dynamic; patches: any packing, None = no
-    limit on vision patches); pad_to_multiple_of: row length multiple (sequence-parallel degree);
+    tokens / patches / audio_frames: per-bin budgets (tokens: pack = dynamic; patches, audio_frames:
+    any packing, None = no limit on vision patches / audio feature frames); a sample over a budget
+    alone is a bad record; pad_to_multiple_of: row length multiple (sequence-parallel degree);
     prefetch: steps made ahead in a thread (0: none)."""
     if not sources:
         raise ValueError("build_vl_loader needs at least one source")
@@ -64,6 +66,8 @@ def build_vl_loader(sources: Sequence[Source], processor, max_len: int, pack: st
                              f"(kind = sft, not streaming)")
     if patches is not None and patches < processor.settings.merge_size ** 2:
         raise ValueError(f"the patch budget ({patches}) must hold at least one merged patch group")
+    if audio_frames is not None and audio_frames < 1:
+        raise ValueError(f"the audio-frame budget must be at least 1, got {audio_frames}")
     check_batching(pack, max_len, micro_batch, tokens, warmup_steps)
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
@@ -72,13 +76,14 @@ def build_vl_loader(sources: Sequence[Source], processor, max_len: int, pack: st
     bad = BadRecords(on_bad_record, log=log)
     orders, kinds = [], set()
     for i, s in enumerate(sources):
-        maker = VLDocMaker(s, processor, max_len, bad, system_prompt, truncation, patches)
+        maker = VLDocMaker(s, processor, max_len, bad, system_prompt, truncation, patches, audio_frames)
         store = build_vl_store(read_records(s), maker)
         if len(store) == 0:
             raise ValueError(f"source {s.name!r} ({s.path}) has no usable records; {bad.summary()}")
         kinds |= store.kinds()
         log(f"source {s.name!r}: {len(store)} samples, {int(store.lengths().sum())} tokens, "
-            f"{int(store.patches().sum())} vision patches, {store.targets()} targets "
+            + ", ".join(f"{int(n)} {what}" for n, what in zip(store.costs().sum(0), MEDIA_COSTS.values()))
+            + f", {store.targets()} targets "
             f"({bad.total(s.name)} bad records skipped)")
         orders.append(VLMapOrder(store, seed, i, shuffle))
     # Images always, videos when the data has any: every micro-batch runs each of them once.
@@ -92,5 +97,6 @@ def build_vl_loader(sources: Sequence[Source], processor, max_len: int, pack: st
                                 micro_batch=micro_batch, grad_accum=grad_accum, dp_rank=dp_rank, dp_size=dp_size,
                                 tokens=tokens, warmup_steps=warmup_steps, pad=pad_id(processor.tok),
                                 pad_to_multiple_of=pad_to_multiple_of, lookahead=lookahead, global_mode=True,
-                                bad=bad, log=log, names=names, collate=collate, patches=patches)
+                                bad=bad, log=log, names=names, collate=collate,
+                                budgets=(patches, audio_frames))  # in MEDIA_COSTS order
     return Prefetch(loader, prefetch) if prefetch else loader
