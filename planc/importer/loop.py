@@ -6,7 +6,7 @@ from __future__ import annotations
 from .plantext import Block, Word, literal
 from .readout import Settings
 
-__all__ = ["lora", "trackers", "profile"]
+__all__ = ["carry_lora", "carry_trackers", "carry_profile"]
 
 # peft's own default targets for the Llama / Qwen decoder families, used when the config names none
 _DEFAULT_TARGETS = ["q_proj", "v_proj"]
@@ -15,7 +15,7 @@ _LORA_KEYS = {"rank": ("rank", "r"), "alpha": ("alpha", "lora_alpha"), "targets"
               "dropout": ("lora_dropout",)}
 
 
-def lora(c: Settings, train: Block) -> None:
+def carry_lora(c: Settings, train: Block) -> None:
     """`lora "**.NAME" ... rank alpha dropout`: each VeOmni target is a module name that peft matches
     at the end of a dotted name, which is what the glob `**.NAME` matches. The config is a YAML
     mapping (one entry per key) or, from a command line, one JSON value."""
@@ -56,7 +56,7 @@ def lora(c: Settings, train: Block) -> None:
                key=prefix + key)
 
 
-def trackers(c: Settings, train: Block) -> None:
+def carry_trackers(c: Settings, train: Block) -> None:
     """`tracker = wandb | tensorboard` (a plan logs to one besides metrics.jsonl; W&B wins)."""
     wandb, we = c.get("train.wandb.enable", "train.use_wandb", default=False)
     board, be = c.get("train.use_tensorboard", "train.tensorboard.enable", default=False)
@@ -75,7 +75,7 @@ def trackers(c: Settings, train: Block) -> None:
                       "unused: no tracker is enabled")
 
 
-def profile(c: Settings, train: Block) -> None:
+def carry_profile(c: Settings, train: Block) -> None:
     """`profile { first steps }`: VeOmni traces the steps in [start_step, end_step)."""
     on, _ = c.get("train.profile.enable", "train.enable_profiling", default=False)
     start, se = c.get("train.profile.start_step", "train.profile_start_step", default=1)

@@ -21,7 +21,7 @@ from typing import Sequence
 
 from runtime.vocab import SCHEDULES
 
-from . import loop
+from .loop import carry_lora, carry_profile, carry_trackers
 from .plantext import Block, Word, literal, render
 from .readout import Note, Settings
 from .yamlsrc import Entry, ImportError_, apply_overrides, load_entries
@@ -320,9 +320,9 @@ def import_veomni(path, overrides: Sequence[str] = (), *, name: str | None = Non
     train.set("clip", float(clip))
     seed, _ = c.get("train.seed", default=42)
     train.set("seed", int(seed))
-    loop.lora(c, train)
-    loop.trackers(c, train)
-    loop.profile(c, train)
+    carry_lora(c, train)
+    carry_trackers(c, train)
+    carry_profile(c, train)
     mp_on, _ = c.get("train.accelerator.fsdp_config.mixed_precision.enable", "train.enable_mixed_precision",
                      default=True)
     model.set("dtype", Word("fp32"), comment="master weights" + ("; compute dtype: train.mixed_precision" if mp_on else ""))
