@@ -1,7 +1,13 @@
-"""The vision-language data pipeline on real photographs: samples/s against the model step it feeds,
-and the share of non-padding tokens with each packing.
+"""The vision-language (and Omni audio) data pipeline on real media: samples/s against the model
+step it feeds, and the share of non-padding tokens with each packing.
 
     python bench/vl_pipeline.py [--epochs 3] [--dp 2] [--max-pixels N]
+    python bench/vl_pipeline.py --script generated/omni-demo.py    # the Omni demo: real recordings
+
+`--script` names the generated script whose settings are used (default generated/vl-demo.py); with
+generated/omni-demo.py the data is `planc demo-data --omni` (CPython's test recordings, or espeak-ng
+speech, beside the photographs) and the model the tiny Qwen2.5-Omni thinker; every audio clip is
+decoded by PyAV, resampled and turned into log-mel features at each step, like every image.
 
 Data: `planc demo-data --vl` (scikit-image's photographs at their own sizes, 102x102 to 1411x1411,
 and three short videos), read through generated/vl-demo.py's own settings (tokenizer, max_len, the
@@ -40,13 +46,25 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from train_overhead import demo_settings  # noqa: E402  (SETTINGS of a generated script, as a literal)
 
+from planc.checks.vision import BUDGET_KEYS, MEDIA_KEYS  # noqa: E402  (the plan's media settings and budgets)
+
+
+def source_name(s: dict) -> str:
+    """The demo plan's one source (`data.NAME.path`)."""
+    (name,) = [k.split(".")[1] for k in s if k.startswith("data.") and k.endswith(".path") and k.count(".") == 2]
+    return name
+
 
 def ensure_demo_data(s: dict) -> None:
-    """`planc demo-data --vl` when the demo's records are not there yet."""
-    path = REPO / s["data.photos.path"]
+    """`planc demo-data --vl` (or `--omni`) when the demo's records are not there yet."""
+    path = REPO / s[f"data.{source_name(s)}.path"]
     if not path.is_file():
-        from planc.demo_vl_assets import make_vl_demo_assets
-        make_vl_demo_assets(path.parent)
+        if "omni" in path.parent.name:
+            from planc.demo_omni_assets import make_omni_demo_assets
+            make_omni_demo_assets(path.parent)
+        else:
+            from planc.demo_vl_assets import make_vl_demo_assets
+            make_vl_demo_assets(path.parent)
 
 
 def build(s: dict, max_pixels: int | None = None):
@@ -56,12 +74,13 @@ def build(s: dict, max_pixels: int | None = None):
     from runtime.model import load_config
 
     config = load_config(REPO / s["model.config"], attention=s["model.attention"])
-    proc = build_processor(REPO / s["data.tokenizer"], config, chat_template=s["data.chat_template"],
-                           max_pixels=max_pixels or s["data.max_pixels"],
-                           video_max_frames=s["data.video_max_frames"],
-                           video_min_pixels=s["data.video_min_pixels"], video_max_pixels=s["data.video_max_pixels"])
-    src = Source(name="photos", path=str(REPO / s["data.photos.path"]), format=s["data.photos.format"],
-                 kind=s["data.photos.kind"], messages=s["data.photos.messages"])
+    media = {k: s[f"data.{k}"] for k in MEDIA_KEYS if f"data.{k}" in s}
+    if max_pixels:
+        media["max_pixels"] = max_pixels
+    proc = build_processor(REPO / s["data.tokenizer"], config, chat_template=s["data.chat_template"], **media)
+    name = source_name(s)
+    src = Source(name=name, path=str(REPO / s[f"data.{name}.path"]), format=s[f"data.{name}.format"],
+                 kind=s[f"data.{name}.kind"], messages=s[f"data.{name}.messages"])
     return proc, src, config
 
 
@@ -76,8 +95,10 @@ class Counting:
         batch = self.inner(rows, length, pad)
         docs = [d for row in rows for d in row]
         vision = (self.inner.proc.image_id, self.inner.proc.video_id)
+        audio = getattr(self.inner.proc, "audio_id", None)  # Omni thinkers
         self.seen.append({"samples": len(docs), "tokens": sum(len(d[0]) for d in docs),
                           "vision": sum(int((d[0] == v).sum()) for d in docs for v in vision),
+                          "audio": sum(int((d[0] == audio).sum()) for d in docs) if audio is not None else 0,
                           "targets": int((batch["labels"] != -100).sum()), "slots": batch["input_ids"].numel()})
         return batch
 
@@ -87,9 +108,10 @@ def vl_loader(s: dict, proc, src, *, pack: str, dp: int = 1, rank: int = 0, grad
     from runtime.data.multimodal import build_vl_loader
 
     budget = {"tokens": s["data.tokens"]} if pack == "dynamic" else {}
+    budget.update({k.split(".")[1]: s.get(k) for k in BUDGET_KEYS})  # vision patches, audio frames
     ld = build_vl_loader([src], proc, max_len=s["data.max_len"], pack=pack, micro_batch=micro_batch,
                          grad_accum=grad_accum, dp_rank=rank, dp_size=dp, seed=s["train.seed"],
-                         shuffle=s["data.shuffle"], patches=s["data.patches"], prefetch=0, log=lambda m: None,
+                         shuffle=s["data.shuffle"], prefetch=0, log=lambda m: None,
                          **budget)
     counter = Counting(ld.dataloader.dataset.collate)
     ld.dataloader.dataset.collate = counter
@@ -114,21 +136,31 @@ def pipeline_rate(s, proc, src, epochs: int):
     return build / n_docs, samples / per_step, steps, counter.seen, n_docs
 
 
-def image_costs(proc, src):
-    """Mean CPU ms per distinct image of the source: Pillow decode, then the rest of the processor."""
+def media_costs(proc, src, kind: str):
+    """(count, mean CPU ms to decode, mean CPU ms for the rest) over the distinct images (Pillow decode,
+    then the image processor) or audio clips (PyAV decode + resampling, then log-mel features) of
+    the source; None when it has none."""
     from runtime.data.multimodal.media import image_pixels, open_image
     from runtime.data.sources import read_records
     from runtime.data.multimodal.records import base_dir, conversation
 
     paths = sorted({p for rec in read_records(src) for k, p in conversation(rec.value, "messages", base_dir(rec.where))[1]
-                    if k == "image"})
+                    if k == kind})
+    if not paths:
+        return None
     decode = total = 0.0
     for p in paths:
-        plan = proc.plan("image", p)
+        plan = proc.plan(kind, p)
         t0 = time.process_time()
-        open_image(p)
-        t1 = time.process_time()
-        image_pixels(p, plan, proc.settings, proc.image_processor)
+        if kind == "image":
+            open_image(p)
+            t1 = time.process_time()
+            image_pixels(p, plan, proc.settings, proc.image_processor)
+        else:
+            from runtime.data.multimodal.audio import decode as decode_audio
+            decode_audio(p, proc.audio.rate)
+            t1 = time.process_time()
+            proc.features(p, plan)  # decodes again, then the features: the rest = total - decode
         t2 = time.process_time()
         decode += t1 - t0
         total += t2 - t1
@@ -180,17 +212,19 @@ def packing_epoch(s, proc, src, pack: str, dp: int, grad_accum: int, micro_batch
             start = len(counter.seen)
             next(it)
             mine = counter.seen[start:]
-            per_rank.append(tuple(sum(c[k] for c in mine) for k in ("slots", "tokens", "vision", "targets")))
+            per_rank.append(tuple(sum(c[k] for c in mine) for k in ("slots", "tokens", "vision", "targets", "audio")))
         steps.append(per_rank)
     return steps
 
 
 def packing_line(pack, steps, dp, grad_accum, s) -> str:
     slots, real, vision = (sum(r[i] for st in steps for r in st) for i in range(3))
+    audio = sum(r[4] for st in steps for r in st)
     steady = steps[:-1] or steps  # the epoch's last step may be part-empty by design
     s_slots, s_real = (sum(r[i] for st in steady for r in st) for i in range(2))
     line = (f"  pack={pack:<8} non-padding share {real / slots:7.2%} over the epoch, {s_real / s_slots:7.2%} "
-            f"without its last step; {len(steps)} steps, {real:,} tokens ({vision / real:.1%} vision)")
+            f"without its last step; {len(steps)} steps, {real:,} tokens ({vision / real:.1%} vision"
+            + (f", {audio / real:.1%} audio)" if audio else ")"))
     if pack == "dynamic":
         budget = len(steady) * dp * grad_accum * s["data.tokens"]
         ratios = [max(r[3] for r in st) / (sum(r[3] for r in st) / len(st)) for st in steps if sum(r[3] for r in st)]
@@ -212,22 +246,28 @@ def main():
     ap.add_argument("--dp", type=int, help="ranks for the packing figures (default: the plan's dp_shard)")
     ap.add_argument("--max-pixels", type=int, help="image pixel limit (default: the plan's)")
     ap.add_argument("--skip-model", action="store_true", help="pipeline and packing only")
+
+    ap.add_argument("--script", default=str(SCRIPT), help="the generated script whose settings are used "
+                    "(generated/omni-demo.py: the Omni demo)")
     args = ap.parse_args()
 
-    s = demo_settings(SCRIPT)
+    script = Path(args.script).resolve()
+    s = demo_settings(script)
     ensure_demo_data(s)
     proc, src, config = build(s, args.max_pixels)
     dp = args.dp or s["mesh.dp_shard"]
-    print(f"{SCRIPT.relative_to(REPO)}: {s['model.config']}, max_len {s['data.max_len']}, pack {s['data.pack']} "
-          f"(tokens {s['data.tokens']}, patches {s['data.patches']}), images <= {proc.settings.max_pixels} pixels, "
+    print(f"{script.relative_to(REPO)}: {s['model.config']}, max_len {s['data.max_len']}, pack {s['data.pack']} "
+          f"(tokens {s['data.tokens']}, patches {s.get('data.patches')}), images <= {proc.settings.max_pixels} pixels, "
           f"global batch {s['train.global_batch']}; one thread, CPU time")
 
     per_sample, rate, steps, seen, n_docs = pipeline_rate(s, proc, src, args.epochs)
-    n_img, decode_ms, process_ms = image_costs(proc, src)
     print(f"pipeline  read + plan (once): {1e3 * per_sample:.1f} ms/sample ({n_docs} samples)")
     print(f"pipeline  per step (decode + processor + pack): {rate:,.1f} samples/s over {len(steps)} steps "
           f"({args.epochs} epochs)")
-    print(f"          per image ({n_img} photographs): decode {decode_ms:.1f} ms, processor {process_ms:.1f} ms")
+    for kind, rest in (("image", "processor"), ("audio", "log-mel features")):
+        costs = media_costs(proc, src, kind)
+        if costs is not None:
+            print(f"          per {kind} ({costs[0]} distinct): decode {costs[1]:.1f} ms, {rest} {costs[2]:.1f} ms")
     if not args.skip_model:
         model_sps, step_s = model_rate(config, steps, seen)
         print(f"model     {s['model.config']} fp32 fwd+bwd+AdamW: {model_sps:,.1f} samples/s "
@@ -238,7 +278,7 @@ def main():
     grad_accum = s["train.global_batch"] // (s["train.micro_batch"] * dp)
     rows = max(1, s["data.tokens"] // s["data.max_len"])
     print(f"\npacking over one epoch, {dp} ranks x {grad_accum} micro-batches; none/greedy: {rows} rows of "
-          f"{s['data.max_len']}; dynamic: one row of <= {s['data.tokens']} tokens, <= {s['data.patches']} patches")
+          f"{s['data.max_len']}; dynamic: one row of <= {s['data.tokens']} tokens, <= {s.get('data.patches')} patches")
     for pack in ("none", "greedy", "dynamic"):
         steps = packing_epoch(s, proc, src, pack, dp, grad_accum, 1 if pack == "dynamic" else rows)
         print(packing_line(pack, steps, dp, grad_accum, s))

@@ -96,15 +96,21 @@ def test_counting_records_what_the_collator_was_given():
     counter = pipeline.Counting(_Collator())
     rows = [[(np.array([5, 5, 1, 2]), None), (np.array([3, 6]), None)], [(np.array([7, 8, 9]), None)]]
     counter(rows, 6, 0)
-    assert counter.seen == [{"samples": 3, "tokens": 9, "vision": 3, "targets": 3, "slots": 14}]
+    assert counter.seen == [{"samples": 3, "tokens": 9, "vision": 3, "audio": 0, "targets": 3, "slots": 14}]
+    _Collator.proc.audio_id = 7  # an Omni processor's audio placeholder
+    try:
+        counter(rows, 6, 0)
+    finally:
+        del _Collator.proc.audio_id
+    assert counter.seen[-1]["audio"] == 1
 
 
 def test_packing_line_shares_and_balance():
     s = {"data.tokens": 100}
-    # two steps over 2 ranks: (slots, sample tokens, vision tokens, targets)
-    steps = [[(100, 90, 10, 40), (100, 80, 10, 20)], [(100, 10, 0, 5), (100, 0, 0, 0)]]
+    # two steps over 2 ranks: (slots, sample tokens, vision tokens, targets, audio tokens)
+    steps = [[(100, 90, 10, 40, 9), (100, 80, 10, 20, 0)], [(100, 10, 0, 5, 0), (100, 0, 0, 0, 0)]]
     line = pipeline.packing_line("dynamic", steps, dp=2, grad_accum=1, s=s)
     assert "non-padding share  45.00% over the epoch,  85.00% without its last step" in line
-    assert "(11.1% vision)" in line
+    assert "(11.1% vision, 5.0% audio)" in line
     assert "token budget filled (without the last step):  85.00%" in line
     assert "mean 1.333, worst 1.333" in line and "last step 2.000" in line
