@@ -29,7 +29,7 @@ from .audio import AudioPlan, AudioSettings, audio_features, plan_audio
 from .media import MediaError, MediaSettings
 from .positions import OMNI_MODELS
 from .processor import VLProcessor
-from .template import template_for
+from .template import media_chat_template, template_for
 from .video import VideoPlan
 
 _PROCESSORS = {"qwen2_5_omni_thinker": ("qwen2_5_omni", "Qwen2_5OmniProcessor"),
@@ -70,26 +70,11 @@ _IDS = ("image_token_id", "video_token_id", "audio_token_id", "vision_start_toke
 def omni_template(t: dict) -> str:
     """The ChatML template of an Omni thinker, with the token spellings `t` (keys as _IDS, without _id)."""
     def part(kind, start, end):
-        return (f"{{%- elif part['type'] == '{kind}' -%}}{{{{ '{t[start]}{t[kind + '_token']}{t[end]}' }}}}")
+        return f"{t[start]}{t[kind + '_token']}{t[end]}"
 
-    return (
-        "{%- macro parts(content) -%}"
-        "{%- if content is string -%}{{ content }}"
-        "{%- else -%}{%- for part in content -%}"
-        "{%- if part['type'] == 'text' -%}{{ part['text'] }}"
-        + part("image", "vision_start_token", "vision_end_token")
-        + part("video", "vision_start_token", "vision_end_token")
-        + part("audio", "audio_start_token", "audio_end_token")
-        + "{%- endif -%}{%- endfor -%}{%- endif -%}"
-        "{%- endmacro -%}"
-        "{%- for message in messages -%}"
-        "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-        "{%- if message['role'] == 'assistant' -%}"
-        "{% generation %}{{ parts(message['content']) + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
-        "{%- else -%}{{ parts(message['content']) + '<|im_end|>\\n' }}{%- endif -%}"
-        "{%- endfor -%}"
-        "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-    )
+    return media_chat_template({"image": part("image", "vision_start_token", "vision_end_token"),
+                                "video": part("video", "vision_start_token", "vision_end_token"),
+                                "audio": part("audio", "audio_start_token", "audio_end_token")})
 
 
 def audio_tokens_fn(config):

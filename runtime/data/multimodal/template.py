@@ -17,23 +17,31 @@ import re
 
 from ...vocab import VL_CHAT_TEMPLATES
 
-QWEN_VL_TEMPLATE = (
-    "{%- macro parts(content) -%}"
-    "{%- if content is string -%}{{ content }}"
-    "{%- else -%}{%- for part in content -%}"
-    "{%- if part['type'] == 'image' -%}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{%- elif part['type'] == 'video' -%}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
-    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}"
-    "{%- endif -%}{%- endfor -%}{%- endif -%}"
-    "{%- endmacro -%}"
-    "{%- for message in messages -%}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{% generation %}{{ parts(message['content']) + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
-    "{%- else -%}{{ parts(message['content']) + '<|im_end|>\\n' }}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-)
+def media_chat_template(parts: dict[str, str]) -> str:
+    """ChatML whose message content may hold media parts: `parts` maps a part's type (`image`,
+    `video`, `audio`) to the text it becomes (the model's start, placeholder and end tokens); the
+    assistant's turns are marked `{% generation %}` (labels on assistant tokens only)."""
+    branches = "".join(f"{{%- elif part['type'] == '{kind}' -%}}{{{{ '{text}' }}}}" for kind, text in parts.items())
+    return (
+        "{%- macro parts(content) -%}"
+        "{%- if content is string -%}{{ content }}"
+        "{%- else -%}{%- for part in content -%}"
+        "{%- if part['type'] == 'text' -%}{{ part['text'] }}"
+        + branches
+        + "{%- endif -%}{%- endfor -%}{%- endif -%}"
+        "{%- endmacro -%}"
+        "{%- for message in messages -%}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+        "{%- if message['role'] == 'assistant' -%}"
+        "{% generation %}{{ parts(message['content']) + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+        "{%- else -%}{{ parts(message['content']) + '<|im_end|>\\n' }}{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+    )
+
+
+QWEN_VL_TEMPLATE = media_chat_template({"image": "<|vision_start|><|image_pad|><|vision_end|>",
+                                        "video": "<|vision_start|><|video_pad|><|vision_end|>"})
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
